@@ -1,0 +1,200 @@
+"""The dev server's rooms and participant sessions (all mutation is synchronous).
+
+A `Session` is one joined participant: its `ParticipantInfo`, its grants and an outbox
+(a bounded memory stream drained by the connection's writer task). Nothing here awaits, so
+room state changes are atomic with respect to other connections; a participant whose
+outbox overflows is disconnected rather than allowed to stall the room.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from livekit.protocol import models, rtc
+
+from room.devserver.auth import Grants
+
+__all__ = ["DevRoom", "Session", "new_sid"]
+
+_log = logging.getLogger(__name__)
+
+_OUTBOX = 4096
+# LiveKit's default limits for what participants may set about themselves.
+MAX_NAME = 256
+MAX_METADATA = 64_000
+MAX_ATTRIBUTES = 64_000
+
+_KINDS = {"ingress": 1, "egress": 2, "sip": 3, "agent": 4}
+
+
+def new_sid(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(9).replace("-", "x").replace("_", "y")
+
+
+class Session:
+    """One participant's presence in a room, as the server sees it."""
+
+    def __init__(self, grants: Grants, protocol: int) -> None:
+        self.grants = grants
+        self.protocol = protocol
+        now = time.time()
+        self.info = models.ParticipantInfo(
+            sid=new_sid("PA_"),
+            identity=grants.identity,
+            name=grants.name,
+            metadata=grants.metadata,
+            attributes=dict(grants.attributes),
+            state=models.ParticipantInfo.State.ACTIVE,
+            joined_at=int(now),
+            joined_at_ms=int(now * 1000),
+            version=1,
+            kind=_KINDS.get(grants.kind, 0),  # type: ignore[arg-type]
+            permission=models.ParticipantPermission(
+                can_subscribe=grants.can_subscribe,
+                can_publish=grants.can_publish,
+                can_publish_data=grants.can_publish_data,
+                hidden=grants.hidden,
+                can_update_metadata=grants.can_update_own_metadata,
+            ),
+        )
+        self.outbox: MemoryObjectSendStream[rtc.SignalResponse | None]
+        self.inbox: MemoryObjectReceiveStream[rtc.SignalResponse | None]
+        self.outbox, self.inbox = anyio.create_memory_object_stream[
+            rtc.SignalResponse | None](_OUTBOX)
+        self.closed = anyio.Event()
+        self.close_reason = models.DisconnectReason.UNKNOWN_REASON
+        self.last_seen = anyio.current_time()
+
+    @property
+    def identity(self) -> str:
+        return self.info.identity
+
+    @property
+    def hidden(self) -> bool:
+        return self.grants.hidden
+
+    def send(self, msg: rtc.SignalResponse) -> None:
+        """Queue ``msg``; a participant too slow to keep up is disconnected."""
+        if self.closed.is_set():
+            return
+        try:
+            self.outbox.send_nowait(msg)
+        except anyio.WouldBlock:
+            _log.warning("dev server: %s is not reading; disconnecting it", self.identity)
+            self.close(models.DisconnectReason.CONNECTION_TIMEOUT)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.close(models.DisconnectReason.SIGNAL_CLOSE)
+
+    def close(self, reason: models.DisconnectReason.ValueType) -> None:
+        """Mark the session over; the connection task notices and cleans up."""
+        if not self.closed.is_set():
+            self.close_reason = reason
+            self.closed.set()
+            self.outbox.close()
+
+
+class DevRoom:
+    """A room: its `models.Room` and the sessions in it, keyed by identity."""
+
+    def __init__(self, name: str) -> None:
+        self.model = models.Room(
+            sid=new_sid("RM_"), name=name, creation_time=int(time.time()),
+            creation_time_ms=int(time.time() * 1000), empty_timeout=300, departure_timeout=20,
+        )
+        self.sessions: dict[str, Session] = {}
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def visible_infos(self, viewer: Session | None = None) -> list[models.ParticipantInfo]:
+        return [s.info for s in self.sessions.values() if not s.hidden and s is not viewer]
+
+    def join(self, session: Session) -> None:
+        old = self.sessions.get(session.identity)
+        if old is not None:
+            old.send(rtc.SignalResponse(leave=rtc.LeaveRequest(
+                reason=models.DisconnectReason.DUPLICATE_IDENTITY,
+                action=rtc.LeaveRequest.Action.DISCONNECT)))
+            self.leave(old, models.DisconnectReason.DUPLICATE_IDENTITY, notify_self=False)
+        self.sessions[session.identity] = session
+        self.model.num_participants = len(self.sessions)
+        self._broadcast_info(session)
+
+    def leave(self, session: Session, reason: models.DisconnectReason.ValueType,
+              *, notify_self: bool = False) -> None:
+        """Remove ``session`` (if still current) and tell the others it is gone."""
+        if self.sessions.get(session.identity) is not session:
+            session.close(reason)
+            return
+        del self.sessions[session.identity]
+        self.model.num_participants = len(self.sessions)
+        if notify_self:
+            session.send(rtc.SignalResponse(leave=rtc.LeaveRequest(
+                reason=reason, action=rtc.LeaveRequest.Action.DISCONNECT)))
+        session.close(reason)
+        gone = models.ParticipantInfo()
+        gone.CopyFrom(session.info)
+        gone.state = models.ParticipantInfo.State.DISCONNECTED
+        gone.disconnect_reason = reason
+        gone.version += 1
+        if not session.hidden:
+            self.broadcast(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[gone])))
+
+    def update_participant(
+        self, session: Session, *, name: str, metadata: str, attributes: Mapping[str, str]
+    ) -> tuple[rtc.RequestResponse.Reason.ValueType, str]:
+        """Apply a participant's own update (LiveKit semantics: empty name/metadata are
+        ignored, an empty attribute value deletes the key)."""
+        if not session.grants.can_update_own_metadata:
+            return rtc.RequestResponse.Reason.NOT_ALLOWED, (
+                "does not have permission to update own metadata")
+        if len(name.encode()) > MAX_NAME:
+            return rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "exceeds name length limit"
+        if len(metadata.encode()) > MAX_METADATA:
+            return rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "exceeds metadata size limit"
+        merged = dict(session.info.attributes)
+        for key, value in attributes.items():
+            if value:
+                merged[key] = value
+            else:
+                merged.pop(key, None)
+        if sum(len(k.encode()) + len(v.encode()) for k, v in merged.items()) > MAX_ATTRIBUTES:
+            return rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "exceeds attributes size limit"
+        info = session.info
+        changed = False
+        if name and name != info.name:
+            info.name, changed = name, True
+        if metadata and metadata != info.metadata:
+            info.metadata, changed = metadata, True
+        if merged != dict(info.attributes):
+            info.attributes.clear()
+            info.attributes.update(merged)
+            changed = True
+        if changed:
+            info.version += 1
+            self._broadcast_info(session)
+        return rtc.RequestResponse.Reason.OK, ""
+
+    def set_metadata(self, metadata: str) -> None:
+        self.model.metadata = metadata
+        self.model.version.unix_micro = int(time.time() * 1_000_000)
+        self.model.version.ticks += 1
+        self.broadcast(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.model)))
+
+    def broadcast(self, msg: rtc.SignalResponse, *, exclude: Session | None = None) -> None:
+        for s in list(self.sessions.values()):
+            if s is not exclude:
+                s.send(msg)
+
+    def _broadcast_info(self, session: Session) -> None:
+        msg = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[session.info]))
+        if session.hidden:
+            session.send(msg)  # hidden participants are seen only by themselves
+        else:
+            self.broadcast(msg)

@@ -1,0 +1,7 @@
+"""Room events: frozen dataclasses, delivered by `Room.events()` subscriptions."""
+
+from room.events._types import *  # noqa: F403
+from room.events._types import __all__ as _types_all
+from room.events.hub import EventHub, Subscription
+
+__all__ = [*_types_all, "EventHub", "Subscription"]  # noqa: PLE0604

@@ -1,0 +1,401 @@
+"""`Room`: one connection to a LiveKit room, owned by a task group.
+
+Data flows socket → `SignalConnection.receive` (reader task) → `Room._dispatch` →
+`RoomState.handle` (pure: updates participants, returns events) → `EventHub.publish`
+(never blocks) → each ``events()`` subscriber's memory-object stream. The keepalive task
+pings on the server's interval and ends the room when pongs stop. Every task lives in the
+room's task group, which `Room.connect`'s context manager opens and closes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import sys
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from types import MappingProxyType, TracebackType
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from livekit.protocol import rtc
+
+from room.errors import (
+    ConnectError,
+    ConnectionClosedError,
+    RequestRefusedError,
+    RequestTimeoutError,
+)
+from room.events._types import (
+    Connected,
+    ConnectionStateChanged,
+    Disconnected,
+    RoomEvent,
+    RoomMetadataChanged,
+)
+from room.events.hub import EventHub, Subscription
+from room.options import RoomOptions
+from room.participant import LocalParticipant, RemoteParticipant
+from room.state import RoomState
+from room.transport.keepalive import Keepalive
+from room.transport.signal import SignalClosed, SignalConnection, connect_signal
+from room.transport.url import signal_params
+from room.types import ConnectionState, DisconnectReason
+
+__all__ = ["Room"]
+
+_log = logging.getLogger(__name__)
+
+E = type[RoomEvent]
+# How long leaving may take to tell the server and close the socket before giving up.
+_LEAVE_TIMEOUT = 2.0
+
+
+class _PendingRequest:
+    """A request waiting for the server: done by a matching answer or by a state change."""
+
+    def __init__(self, request_id: int, satisfied: Callable[[], bool]) -> None:
+        self.request_id = request_id
+        self.satisfied = satisfied
+        self.done = anyio.Event()
+        self.error: Exception | None = None
+
+    def finish(self, error: Exception | None = None) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
+class Room:
+    """A connected LiveKit room. Get one with ``async with Room.connect(url, token) as room``."""
+
+    def __init__(self, options: RoomOptions) -> None:
+        self._options = options
+        self._hub = EventHub(options.event_buffer_size)
+        self._connection_state = ConnectionState.DISCONNECTED
+        self._state: RoomState | None = None
+        self._signal: SignalConnection | None = None
+        self._keepalive: Keepalive | None = None
+        self._tg: TaskGroup | None = None
+        self._services_scope = anyio.CancelScope()
+        self._services_done = anyio.Event()
+        self._closing = False
+        self._disconnect_reason: DisconnectReason | None = None
+        self._request_ids = itertools.count(1)
+        self._pending: dict[int, _PendingRequest] = {}
+        self._sid_known = anyio.Event()
+        self._token = ""
+
+    # -- connecting --------------------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls, url: str, token: str, *, options: RoomOptions | None = None
+    ) -> _RoomContext:
+        """Join the room at ``url`` with ``token``; an async context manager yielding the Room.
+
+        Entering returns once the room is joined (participants known), or raises
+        `ConnectError` saying why not, within ``options.connect_timeout`` seconds. Leaving
+        tells the server (LeaveRequest), ends every task the room started and every
+        ``events()`` iterator. If the block is cancelled, teardown still runs (shielded,
+        bounded by a few seconds) and the cancellation then propagates.
+        """
+        options = options if options is not None else RoomOptions()
+        if not isinstance(options, RoomOptions):
+            raise TypeError("options must be a RoomOptions")
+        return _RoomContext(cls(options), url, token)
+
+    async def _open(self, stack: AsyncExitStack, url: str, token: str) -> None:
+        self._connection_state = ConnectionState.CONNECTING
+        self._token = token
+        params = signal_params(auto_subscribe=self._options.auto_subscribe)
+        signal, join = await connect_signal(stack, url, token, params)
+        self._signal = signal
+        local = LocalParticipant(join.participant, engine=self)
+        self._state = RoomState(join, local)
+        if self._state.sid:
+            self._sid_known.set()
+        now = anyio.current_time()
+        interval = float(join.ping_interval) or 5.0
+        timeout = float(join.ping_timeout) or 15.0
+        self._keepalive = Keepalive(interval=interval, timeout=timeout, now=now)
+        self._tg = await stack.enter_async_context(anyio.create_task_group())
+        await self._tg.start(self._run_services)
+        self._set_state(ConnectionState.CONNECTED)
+        self._hub.publish(Connected())
+        _log.info("joined room %r as %r", self._state.name, local.identity)
+
+    async def _run_services(self, *, task_status: TaskStatus[None]) -> None:
+        try:
+            with self._services_scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._read_loop)
+                    tg.start_soon(self._keepalive_loop)
+                    task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_LEAVE_TIMEOUT):
+                assert self._signal is not None
+                await self._signal.aclose()
+            self._services_done.set()
+
+    # -- public surface ----------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._require_state().name
+
+    @property
+    def metadata(self) -> str:
+        return self._require_state().metadata
+
+    async def sid(self) -> str:
+        """The room's server-assigned sid (waits for it if the server has not sent it yet)."""
+        await self._sid_known.wait()
+        return self._require_state().sid
+
+    @property
+    def connection_state(self) -> ConnectionState:
+        return self._connection_state
+
+    @property
+    def local_participant(self) -> LocalParticipant:
+        return self._require_state().local
+
+    @property
+    def remote_participants(self) -> Mapping[str, RemoteParticipant]:
+        """Everyone else in the room, by identity (a live, read-only view)."""
+        return MappingProxyType(self._require_state().remote)
+
+    @property
+    def disconnect_reason(self) -> DisconnectReason | None:
+        return self._disconnect_reason
+
+    def isconnected(self) -> bool:
+        return self._connection_state is ConnectionState.CONNECTED
+
+    def events(self, *types: type[RoomEvent]) -> Subscription[RoomEvent]:
+        """Subscribe to the events published from now on (all, or instances of ``types``).
+
+        Each call is an independent subscription with its own buffer of
+        ``RoomOptions.event_buffer_size`` events; see `EventHub` for the overflow policy.
+        The iterator ends after `Disconnected`.
+        """
+        return self._hub.subscribe(*types)
+
+    async def disconnect(self) -> None:
+        """Leave the room; idempotent. Shielded from cancellation and bounded in time."""
+        with anyio.CancelScope(shield=True):
+            if not self._closing and self._signal is not None:
+                leave = rtc.SignalRequest(leave=rtc.LeaveRequest(
+                    can_reconnect=False,
+                    reason=DisconnectReason.CLIENT_INITIATED,
+                    action=rtc.LeaveRequest.Action.DISCONNECT,
+                ))
+                with anyio.move_on_after(_LEAVE_TIMEOUT):
+                    try:
+                        await self._signal.send(leave)
+                    except SignalClosed:
+                        pass
+                self._finish(DisconnectReason.CLIENT_INITIATED, "disconnect() called")
+            if self._tg is not None:
+                await self._services_done.wait()
+
+    def __repr__(self) -> str:
+        name = self._state.name if self._state else "?"
+        return f"<Room name={name!r} state={self._connection_state.value}>"
+
+    # -- local participant engine ------------------------------------------------------
+
+    async def update_local_participant(
+        self, *, name: str | None, metadata: str | None, attributes: Mapping[str, str] | None
+    ) -> None:
+        state = self._require_connected()
+        local = state.local
+        want_name = local.name if name is None else name
+        want_meta = local.metadata if metadata is None else metadata
+        want_attrs = dict(attributes or {})
+        request_id = next(self._request_ids) & 0xFFFFFFFF
+
+        def satisfied() -> bool:
+            current = local._attributes
+            return (local.name == want_name and local.metadata == want_meta
+                    and all(current.get(k, "") == v for k, v in want_attrs.items()))
+
+        req = rtc.SignalRequest(update_metadata=rtc.UpdateParticipantMetadata(
+            name=want_name, metadata=want_meta, attributes=want_attrs, request_id=request_id))
+        pending = _PendingRequest(request_id, satisfied)
+        self._pending[request_id] = pending
+        try:
+            await self._send(req)
+            if satisfied():
+                return
+            with anyio.move_on_after(self._options.request_timeout):
+                await pending.done.wait()
+            if not pending.done.is_set():
+                raise RequestTimeoutError(
+                    f"the server did not answer within {self._options.request_timeout} s")
+            if pending.error is not None:
+                raise pending.error
+        finally:
+            self._pending.pop(request_id, None)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _require_state(self) -> RoomState:
+        if self._state is None:
+            raise ConnectionClosedError("the room is not connected yet")
+        return self._state
+
+    def _require_connected(self) -> RoomState:
+        state = self._require_state()
+        if self._closing:
+            raise ConnectionClosedError("the room is disconnected")
+        return state
+
+    async def _send(self, request: rtc.SignalRequest) -> None:
+        if self._closing or self._signal is None:
+            raise ConnectionClosedError("the room is disconnected")
+        try:
+            await self._signal.send(request)
+        except SignalClosed as exc:
+            self._finish(DisconnectReason.SIGNAL_CLOSE, exc.message)
+            raise ConnectionClosedError(f"the room is disconnected: {exc.message}") from None
+
+    def _set_state(self, new: ConnectionState) -> None:
+        if new is not self._connection_state:
+            self._connection_state = new
+            self._hub.publish(ConnectionStateChanged(new))
+
+    def _finish(self, reason: DisconnectReason, message: str) -> None:
+        """Mark the room disconnected: deliver `Disconnected`, end iterators, stop services."""
+        if self._closing:
+            return
+        self._closing = True
+        self._disconnect_reason = reason
+        _log.info("room disconnected: %s %s", reason.name, message)
+        self._set_state(ConnectionState.DISCONNECTED)
+        self._hub.publish(Disconnected(reason, message))
+        self._hub.close()
+        for pending in self._pending.values():
+            pending.finish(ConnectionClosedError(f"the room disconnected ({reason.name})"))
+        self._services_scope.cancel()
+
+    async def _read_loop(self) -> None:
+        assert self._signal is not None
+        while True:
+            try:
+                msg = await self._signal.receive()
+            except SignalClosed as exc:
+                self._finish(DisconnectReason.SIGNAL_CLOSE, exc.message)
+                return
+            if msg is not None:
+                try:
+                    self._dispatch(msg)
+                except Exception:
+                    # A server message we cannot digest must not take the room down.
+                    _log.exception("error while handling a %s message",
+                                   msg.WhichOneof("message"))
+
+    async def _keepalive_loop(self) -> None:
+        assert self._keepalive is not None
+        ka = self._keepalive
+        next_ping = anyio.current_time()
+        while True:
+            now = anyio.current_time()
+            if ka.expired(now):
+                self._finish(DisconnectReason.SIGNAL_CLOSE,
+                             f"no pong from the server for {ka.timeout:g} s")
+                return
+            if now >= next_ping:
+                try:
+                    await self._send(ka.ping(now))
+                except ConnectionClosedError:
+                    return
+                next_ping = now + ka.interval
+            await anyio.sleep(max(0.0, min(next_ping, ka.deadline() + 0.01) - now))
+
+    def _dispatch(self, msg: rtc.SignalResponse) -> None:
+        state = self._state
+        assert state is not None and self._keepalive is not None
+        which = msg.WhichOneof("message")
+        self._keepalive.alive(anyio.current_time())
+        if which == "pong_resp":
+            self._keepalive.pong(anyio.current_time(), msg.pong_resp)
+        elif which == "pong":
+            pass
+        elif which == "leave":
+            self._on_leave(msg.leave)
+        elif which == "request_response":
+            self._on_request_response(msg.request_response)
+        elif which == "refresh_token":
+            self._token = msg.refresh_token
+        else:
+            for event in state.handle(msg):
+                if isinstance(event, RoomMetadataChanged) or state.sid:
+                    self._sid_known.set()
+                self._hub.publish(event)
+            for pending in list(self._pending.values()):
+                if pending.satisfied():
+                    pending.finish()
+
+    def _on_leave(self, leave: rtc.LeaveRequest) -> None:
+        reason = DisconnectReason.from_wire(leave.reason)
+        # Resuming and reconnecting are not implemented yet: any leave ends the room.
+        self._finish(reason, "the server asked us to leave")
+
+    def _on_request_response(self, resp: rtc.RequestResponse) -> None:
+        pending = self._pending.get(resp.request_id)
+        if pending is None:
+            return
+        if resp.reason == rtc.RequestResponse.Reason.OK:
+            pending.finish()
+        else:
+            name = rtc.RequestResponse.Reason.Name(resp.reason) if resp.reason in (
+                rtc.RequestResponse.Reason.values()) else str(resp.reason)
+            pending.finish(RequestRefusedError(name, resp.message))
+
+
+class _RoomContext:
+    """The async context manager `Room.connect` returns."""
+
+    def __init__(self, room: Room, url: str, token: str) -> None:
+        self._room = room
+        self._url = url
+        self._token = token
+        self._stack: AsyncExitStack | None = None
+
+    def __repr__(self) -> str:  # never show the token
+        return f"<Room.connect url={self._url!r}>"
+
+    async def __aenter__(self) -> Room:
+        if self._stack is not None:
+            raise RuntimeError("this Room.connect(...) context is already in use")
+        timeout = self._room._options.connect_timeout
+        stack = AsyncExitStack()
+        scope = stack.enter_context(anyio.CancelScope(deadline=anyio.current_time() + timeout))
+        try:
+            await self._room._open(stack, self._url, self._token)
+        except BaseException:
+            self._room._connection_state = ConnectionState.DISCONNECTED
+            if await stack.__aexit__(*sys.exc_info()):
+                raise ConnectError(
+                    f"timed out after {timeout:g} s connecting to {self._url}") from None
+            raise
+        scope.deadline = math.inf
+        self._stack = stack
+        return self._room
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._stack is not None
+        try:
+            await self._room.disconnect()
+            if self._room._tg is not None:
+                self._room._tg.cancel_scope.cancel()
+        finally:
+            # The user's exception (if any) is not fed to our task group, so it propagates
+            # as itself rather than wrapped in an ExceptionGroup.
+            await self._stack.aclose()
