@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import sys
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from types import MappingProxyType, TracebackType
@@ -106,38 +105,54 @@ class Room:
             raise TypeError("options must be a RoomOptions")
         return _RoomContext(cls(options), url, token)
 
-    async def _open(self, stack: AsyncExitStack, url: str, token: str) -> None:
+    async def _run_services(self, url: str, token: str, *,
+                            task_status: TaskStatus[None]) -> None:
+        """Connect, then run the reader and keepalive until the room ends.
+
+        This task owns the signal connection: whether the room ends by itself (server
+        leave, lost connection) or by `disconnect`, the socket and httpx-ws's own task are
+        gone when this returns. One cancel scope bounds the join (``connect_timeout``),
+        is lifted while connected, and bounds the closing handshake at the end.
+        """
         self._connection_state = ConnectionState.CONNECTING
         self._token = token
-        params = signal_params(auto_subscribe=self._options.auto_subscribe)
-        signal, join = await connect_signal(stack, url, token, params)
+        timeout = self._options.connect_timeout
+        joined = False
+        try:
+            async with AsyncExitStack() as stack:
+                bound = stack.enter_context(
+                    anyio.CancelScope(deadline=anyio.current_time() + timeout))
+                params = signal_params(auto_subscribe=self._options.auto_subscribe)
+                signal, join = await connect_signal(stack, url, token, params)
+                self._joined(signal, join)
+                bound.deadline = math.inf
+                joined = True
+                with self._services_scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._read_loop)
+                        tg.start_soon(self._keepalive_loop)
+                        task_status.started()
+                bound.deadline = anyio.current_time() + _LEAVE_TIMEOUT
+            if not joined:
+                raise ConnectError(f"timed out after {timeout:g} s connecting to {url}")
+        finally:
+            if not joined:
+                self._connection_state = ConnectionState.DISCONNECTED
+            self._services_done.set()
+
+    def _joined(self, signal: SignalConnection, join: rtc.JoinResponse) -> None:
         self._signal = signal
         local = LocalParticipant(join.participant, engine=self)
         self._state = RoomState(join, local)
         if self._state.sid:
             self._sid_known.set()
-        now = anyio.current_time()
         interval = float(join.ping_interval) or 5.0
-        timeout = float(join.ping_timeout) or 15.0
-        self._keepalive = Keepalive(interval=interval, timeout=timeout, now=now)
-        self._tg = await stack.enter_async_context(anyio.create_task_group())
-        await self._tg.start(self._run_services)
+        timeout = max(float(join.ping_timeout) or 15.0, interval)
+        self._keepalive = Keepalive(interval=interval, timeout=timeout,
+                                    now=anyio.current_time())
         self._set_state(ConnectionState.CONNECTED)
         self._hub.publish(Connected())
         _log.info("joined room %r as %r", self._state.name, local.identity)
-
-    async def _run_services(self, *, task_status: TaskStatus[None]) -> None:
-        try:
-            with self._services_scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._read_loop)
-                    tg.start_soon(self._keepalive_loop)
-                    task_status.started()
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_LEAVE_TIMEOUT):
-                assert self._signal is not None
-                await self._signal.aclose()
-            self._services_done.set()
 
     # -- public surface ----------------------------------------------------------------
 
@@ -198,7 +213,7 @@ class Room:
                     except SignalClosed:
                         pass
                 self._finish(DisconnectReason.CLIENT_INITIATED, "disconnect() called")
-            if self._tg is not None:
+            if self._tg is not None and self._state is not None:
                 await self._services_done.wait()
 
     def __repr__(self) -> str:
@@ -371,18 +386,16 @@ class _RoomContext:
     async def __aenter__(self) -> Room:
         if self._stack is not None:
             raise RuntimeError("this Room.connect(...) context is already in use")
-        timeout = self._room._options.connect_timeout
         stack = AsyncExitStack()
-        scope = stack.enter_context(anyio.CancelScope(deadline=anyio.current_time() + timeout))
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        self._room._tg = tg
         try:
-            await self._room._open(stack, self._url, self._token)
+            await tg.start(self._room._run_services, self._url, self._token)
         except BaseException:
-            self._room._connection_state = ConnectionState.DISCONNECTED
-            if await stack.__aexit__(*sys.exc_info()):
-                raise ConnectError(
-                    f"timed out after {timeout:g} s connecting to {self._url}") from None
+            # Not fed to the task group, so the caller gets ConnectError (or its own
+            # cancellation) as itself, not wrapped in an ExceptionGroup.
+            await stack.aclose()
             raise
-        scope.deadline = math.inf
         self._stack = stack
         return self._room
 

@@ -205,9 +205,11 @@ class DevServer:
         _log.info("dev server: %s joined %s", grants.identity, grants.room)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._writer, session, ws)
+                tg.start_soon(self._reader, session, room, ws)
                 tg.start_soon(self._watchdog, session)
-                await self._reader(session, room, ws)
+                # The writer ends once the session is closed and its outbox drained (so a
+                # final LeaveRequest is delivered), then closes the socket.
+                await self._writer(session, ws)
                 tg.cancel_scope.cancel()
         finally:
             room.leave(session, session.close_reason or models.DisconnectReason.SIGNAL_CLOSE)
@@ -229,7 +231,7 @@ class DevServer:
         )
 
     async def _reader(self, session: Session, room: DevRoom, ws: WebSocket) -> None:
-        while not session.closed.is_set():
+        while True:
             data = await ws.receive()
             if data is None:
                 session.close(models.DisconnectReason.SIGNAL_CLOSE)
@@ -246,6 +248,8 @@ class DevServer:
             self._handle(session, room, req)
 
     def _handle(self, session: Session, room: DevRoom, req: rtc.SignalRequest) -> None:
+        if session.closed.is_set():
+            return  # removed or replaced: whatever it still says changes nothing
         which = req.WhichOneof("message")
         if which == "ping_req":
             session.send(rtc.SignalResponse(pong_resp=rtc.Pong(
@@ -269,8 +273,7 @@ class DevServer:
             if msg is None or not await ws.send(msg.SerializeToString()):
                 break
         session.close(session.close_reason or models.DisconnectReason.SIGNAL_CLOSE)
-        # Closing the socket also ends the reader.
-        await ws.close()
+        await ws.close()  # which also ends the reader
 
     async def _watchdog(self, session: Session) -> None:
         while not session.closed.is_set():

@@ -132,6 +132,8 @@ async def _explain_refusal(
     except (httpx.HTTPError, OSError):
         status, body = upgrade.status_code, ""
     detail = f": {body}" if body else ""
+    if status in (401, 403) and "permission" in body.lower():
+        return f"permission denied (HTTP {status} from {where}){detail}"
     if status == 401:
         low = body.lower()
         what = "expired token" if "expired" in low else "invalid token"

@@ -1,0 +1,45 @@
+"""Shared helpers for the integration tests (real sockets, real dev server)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+
+from room.events import RoomEvent, Subscription
+
+E = TypeVar("E", bound=RoomEvent)
+
+
+def client_tasks() -> list[str]:
+    """Names of running tasks that belong to a `room` client (not to the dev server)."""
+    names = [t.name or "" for t in anyio.get_running_tasks()]
+    return sorted(n for n in names if (n.startswith("room.") and not n.startswith(
+        "room.devserver")) or n.startswith("httpx_ws"))
+
+
+async def next_event(sub: Subscription[RoomEvent], kind: type[E], timeout: float = 5.0) -> E:
+    """The next event of type ``kind`` from ``sub`` (others are skipped)."""
+    with anyio.fail_after(timeout):
+        async for ev in sub:
+            if isinstance(ev, kind):
+                return ev
+    raise AssertionError(f"subscription ended before a {kind.__name__} arrived")
+
+
+async def collect(sub: Subscription[RoomEvent], count: int, timeout: float = 5.0
+                  ) -> list[RoomEvent]:
+    out: list[RoomEvent] = []
+    with anyio.fail_after(timeout):
+        async for ev in sub:
+            out.append(ev)
+            if len(out) == count:
+                break
+    return out
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.01)
