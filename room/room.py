@@ -13,7 +13,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Mapping
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from types import MappingProxyType, TracebackType
 
 import anyio
@@ -204,14 +204,12 @@ class Room:
             if not self._closing and self._signal is not None:
                 leave = rtc.SignalRequest(leave=rtc.LeaveRequest(
                     can_reconnect=False,
-                    reason=DisconnectReason.CLIENT_INITIATED,
+                    reason=DisconnectReason.CLIENT_INITIATED.name,
                     action=rtc.LeaveRequest.Action.DISCONNECT,
                 ))
                 with anyio.move_on_after(_LEAVE_TIMEOUT):
-                    try:
+                    with suppress(SignalClosed):
                         await self._signal.send(leave)
-                    except SignalClosed:
-                        pass
                 self._finish(DisconnectReason.CLIENT_INITIATED, "disconnect() called")
             if self._tg is not None and self._state is not None:
                 await self._services_done.wait()

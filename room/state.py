@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from livekit.protocol import models, rtc
 
@@ -88,7 +88,7 @@ class RoomState:
 
     # -- participants ------------------------------------------------------------------
 
-    def _on_participants(self, infos: list[models.ParticipantInfo]) -> list[RoomEvent]:
+    def _on_participants(self, infos: Sequence[models.ParticipantInfo]) -> list[RoomEvent]:
         events: list[RoomEvent] = []
         for info in infos:
             if info.sid == self.local.sid or (info.identity == self.local.identity
@@ -159,7 +159,7 @@ class RoomState:
 
     # -- speakers and quality ------------------------------------------------------------
 
-    def _on_speakers(self, speakers: list[models.SpeakerInfo]) -> list[RoomEvent]:
+    def _on_speakers(self, speakers: Sequence[models.SpeakerInfo]) -> list[RoomEvent]:
         # The server sends only the speakers whose state changed.
         active = {id(p): p for p in self._speakers}
         for info in speakers:
@@ -179,7 +179,7 @@ class RoomState:
         self._speakers = ordered
         return [ActiveSpeakersChanged(list(ordered))]
 
-    def _on_quality(self, updates: list[models.ConnectionQualityInfo]) -> list[RoomEvent]:
+    def _on_quality(self, updates: Sequence[rtc.ConnectionQualityInfo]) -> list[RoomEvent]:
         events: list[RoomEvent] = []
         for info in updates:
             p = self.participant_by_sid(info.participant_sid)
@@ -230,7 +230,7 @@ def _attribute_changes(old: Mapping[str, str], new: Mapping[str, str]) -> dict[s
     return changed
 
 
-def _apply_tracks(p: RemoteParticipant, tracks: list[models.TrackInfo]) -> list[RoomEvent]:
+def _apply_tracks(p: RemoteParticipant, tracks: Sequence[models.TrackInfo]) -> list[RoomEvent]:
     events: list[RoomEvent] = []
     pubs = _remote_pubs(p)
     seen = set()

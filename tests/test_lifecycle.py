@@ -125,9 +125,10 @@ async def test_slow_consumer_is_cut_off_but_the_room_stays_alive() -> None:
                 seen += len([await next_event(fast, ParticipantAttributesChanged)])
             await anyio.sleep(3.0)  # longer than the ping timeout
             assert a.isconnected() and seen == 10
-            got = []
+            got: list[ParticipantAttributesChanged] = []
             with pytest.raises(room.EventStreamOverflowError):
                 async for ev in slow:
+                    assert isinstance(ev, ParticipantAttributesChanged)
                     got.append(ev)
             assert [e.changed_attributes["n"] for e in got] == ["0", "1", "2", "3"]
 

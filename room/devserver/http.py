@@ -8,6 +8,7 @@ Runs on asyncio and Trio alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -105,10 +106,8 @@ class WebSocket:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if not self._closed and self._conn.state == wsproto.connection.ConnectionState.OPEN:
-            try:
+            with contextlib.suppress(wsproto.utilities.LocalProtocolError):
                 await self._write(self._conn.send(wse.CloseConnection(code=code, reason=reason)))
-            except wsproto.utilities.LocalProtocolError:
-                pass
         await self._shutdown()
 
     async def _write(self, data: bytes) -> bool:

@@ -90,7 +90,7 @@ class Session:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             self.close(models.DisconnectReason.SIGNAL_CLOSE)
 
-    def close(self, reason: models.DisconnectReason.ValueType) -> None:
+    def close(self, reason: models.DisconnectReason) -> None:
         """Mark the session over; the connection task notices and cleans up."""
         if not self.closed.is_set():
             self.close_reason = reason
@@ -126,7 +126,7 @@ class DevRoom:
         self.model.num_participants = len(self.sessions)
         self._broadcast_info(session)
 
-    def leave(self, session: Session, reason: models.DisconnectReason.ValueType,
+    def leave(self, session: Session, reason: models.DisconnectReason,
               *, notify_self: bool = False) -> None:
         """Remove ``session`` (if still current) and tell the others it is gone."""
         if self.sessions.get(session.identity) is not session:
@@ -148,7 +148,7 @@ class DevRoom:
 
     def update_participant(
         self, session: Session, *, name: str, metadata: str, attributes: Mapping[str, str]
-    ) -> tuple[rtc.RequestResponse.Reason.ValueType, str]:
+    ) -> tuple[rtc.RequestResponse.Reason, str]:
         """Apply a participant's own update (LiveKit semantics: empty name/metadata are
         ignored, an empty attribute value deletes the key)."""
         if not session.grants.can_update_own_metadata:

@@ -4,4 +4,4 @@ from room.events._types import *  # noqa: F403
 from room.events._types import __all__ as _types_all
 from room.events.hub import EventHub, Subscription
 
-__all__ = [*_types_all, "EventHub", "Subscription"]  # noqa: PLE0604
+__all__ = [*_types_all, "EventHub", "Subscription"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from room.data import DataPacket, SipDTMF, TranscriptionSegment
 from room.participant import Participant, RemoteParticipant
 from room.publication import LocalTrackPublication, RemoteTrackPublication, TrackPublication
-from room.track import LocalTrack, RemoteTrack, Track
+from room.track import LocalTrack, RemoteTrack
 from room.types import ConnectionQuality, ConnectionState, DisconnectReason, E2EEState
 
 __all__ = [
@@ -41,113 +41,110 @@ __all__ = [
     "Disconnected",
 ]
 
-_event = dataclass(frozen=True, slots=True)
-
-
-@_event
+@dataclass(frozen=True, slots=True)
 class RoomEvent:
     """Base class of every event."""
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class ParticipantConnected(RoomEvent):
     participant: RemoteParticipant
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class ParticipantDisconnected(RoomEvent):
     participant: RemoteParticipant
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class LocalTrackPublished(RoomEvent):
     publication: LocalTrackPublication
     track: LocalTrack
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class LocalTrackUnpublished(RoomEvent):
     publication: LocalTrackPublication
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class LocalTrackSubscribed(RoomEvent):
     track: LocalTrack
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class TrackPublished(RoomEvent):
     publication: RemoteTrackPublication
     participant: RemoteParticipant
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class TrackUnpublished(RoomEvent):
     publication: RemoteTrackPublication
     participant: RemoteParticipant
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class TrackSubscribed(RoomEvent):
     track: RemoteTrack
     publication: RemoteTrackPublication
     participant: RemoteParticipant
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class TrackUnsubscribed(RoomEvent):
     track: RemoteTrack
     publication: RemoteTrackPublication
     participant: RemoteParticipant
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class TrackSubscriptionFailed(RoomEvent):
     participant: RemoteParticipant
     track_sid: str
     error: str
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class TrackMuted(RoomEvent):
     participant: Participant
     publication: TrackPublication
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class TrackUnmuted(RoomEvent):
     participant: Participant
     publication: TrackPublication
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class ActiveSpeakersChanged(RoomEvent):
     """``speakers``: the participants speaking now, loudest first."""
 
     speakers: list[Participant]
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class RoomMetadataChanged(RoomEvent):
     old_metadata: str
     new_metadata: str
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class ParticipantMetadataChanged(RoomEvent):
     participant: Participant
     old_metadata: str
     new_metadata: str
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class ParticipantNameChanged(RoomEvent):
     participant: Participant
     old_name: str
     new_name: str
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class ParticipantAttributesChanged(RoomEvent):
     """``changed_attributes``: each changed key with its new value (``""`` if deleted)."""
 
@@ -155,56 +152,56 @@ class ParticipantAttributesChanged(RoomEvent):
     participant: Participant
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class ConnectionQualityChanged(RoomEvent):
     participant: Participant
     quality: ConnectionQuality
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class TranscriptionReceived(RoomEvent):
     segments: list[TranscriptionSegment]
     participant: Participant | None
     publication: TrackPublication | None
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class DataReceived(RoomEvent):
     packet: DataPacket
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class SipDTMFReceived(RoomEvent):
     dtmf: SipDTMF
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class E2EEStateChanged(RoomEvent):
     participant: Participant
     state: E2EEState
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class ConnectionStateChanged(RoomEvent):
     state: ConnectionState
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class Connected(RoomEvent):
     pass
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class Reconnecting(RoomEvent):
     pass
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class Reconnected(RoomEvent):
     pass
 
 
-@_event
+@dataclass(frozen=True, slots=True)
 class Disconnected(RoomEvent):
     """The room is gone; ``reason`` says why. Every ``events()`` iterator ends after it."""
 

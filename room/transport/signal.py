@@ -73,7 +73,7 @@ class SignalConnection:
     async def aclose(self) -> None:
         try:
             await self._ws.close()
-        except Exception:  # noqa: BLE001 - closing a broken socket may fail; it is closed
+        except Exception:
             _log.debug("error while closing the signal connection", exc_info=True)
 
 
@@ -92,7 +92,7 @@ async def connect_signal(
     headers = {"Authorization": f"Bearer {token}"}
     client = await stack.enter_async_context(httpx.AsyncClient(timeout=None))
     try:
-        ws = await stack.enter_async_context(aconnect_ws(
+        ws: AsyncWebSocketSession = await stack.enter_async_context(aconnect_ws(
             ws_url, client, headers=headers, keepalive_ping_interval_seconds=None,
             max_message_size_bytes=MAX_MESSAGE_BYTES,
         ))
