@@ -58,6 +58,7 @@ __all__ = [
     "LocalTrack",
     "LocalTrackPublication",
     "Participant",
+    "ParticipantKind",
     "PublishDataError",
     "RemoteParticipant",
     "RemoteTrack",
