@@ -1,9 +1,9 @@
 """The command line, ``python -m room``: run a dev server, mint tokens, watch a room, demo.
 
 Each verb is an async function run with ``anyio.run`` on the backend the user picks. Ctrl-C
-(and SIGTERM) are turned into a cancellation of the running verb, so rooms leave cleanly
-and the dev server tells its participants it is shutting down; the exit code is then
-``128 + signal`` (130 for Ctrl-C), without a traceback. `format_event` is the one-line
+(and SIGTERM) stop the running verb cleanly: rooms leave (the server is told), and the dev
+server tells its participants it is shutting down; the exit code is then ``128 + signal``
+(130 for Ctrl-C), without a traceback. `format_event` is the one-line
 rendering of a room event that ``join`` and ``demo`` print; it is public so that tools and
 tests can reuse it.
 """
@@ -198,7 +198,7 @@ def _error(text: str) -> None:
 # -- serve ---------------------------------------------------------------------------------
 
 
-async def _serve(server: DevServer) -> int:
+async def _serve(server: DevServer, stop: anyio.Event) -> int:
     async with AsyncExitStack() as stack:
         try:
             await stack.enter_async_context(server)
@@ -218,14 +218,15 @@ async def _serve(server: DevServer) -> int:
         _say("and watch the room:")
         _say(f'  python -m room join {shlex.quote(server.url)} --token "$({token_cmd})"')
         _say("press Ctrl-C to stop")
-        await anyio.sleep_forever()
-    return 0  # pragma: no cover - sleep_forever only ends by cancellation
+        await stop.wait()
+        _say("stopping: telling the participants the server is shutting down")
+    return 0
 
 
 # -- token ---------------------------------------------------------------------------------
 
 
-def _token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _token(args: argparse.Namespace) -> int:
     try:
         token = mint_token(
             args.api_key, args.api_secret, args.identity, room=args.room, name=args.name,
@@ -234,7 +235,7 @@ def _token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             can_subscribe=not args.no_subscribe, can_publish_data=not args.no_publish_data,
             can_update_own_metadata=not args.no_update_metadata)
     except ValueError as exc:
-        parser.error(str(exc))
+        args.verb_parser.error(str(exc))
     _say(token)
     return 0
 
@@ -242,30 +243,54 @@ def _token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 # -- join ----------------------------------------------------------------------------------
 
 
-async def _join(url: str, token: str, timeout: float) -> int:
+async def _join(url: str, token: str, join_timeout: float, stop: anyio.Event) -> int:
+    joined: Room | None = None
+    connecting = anyio.CancelScope()
+
+    async def leave_on_stop() -> None:
+        await stop.wait()
+        if joined is None:
+            connecting.cancel()  # not in yet: give up joining
+        else:
+            # Leave rather than cancel: the stream then ends with our own Disconnected.
+            await joined.disconnect()
+
+    options = RoomOptions(connect_timeout=join_timeout)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(leave_on_stop)
+        try:
+            with connecting:
+                async with Room.connect(url, token, options=options) as r:
+                    joined = r
+                    return await _print_room(r)
+        except ConnectError as exc:
+            # The library never puts the token in a message; redact anyway, cheaply.
+            _error(str(exc).replace(token, "<token>") if token else str(exc))
+            return 1
+        finally:
+            tg.cancel_scope.cancel()
+    return 130  # stopped while joining
+
+
+async def _print_room(r: Room) -> int:
+    """Print who is in ``r``, then every event until ``Disconnected``."""
+    events = r.events()  # before any await: nothing after the join is missed
+    sid = ""
+    with anyio.move_on_after(1.0):
+        sid = await r.sid()
+    _say(f"joined room {r.name!r} as {r.local_participant.identity!r}"
+         + (f" (room sid {sid})" if sid else ""))
+    if r.metadata:
+        _say(f"room metadata: {_show(r.metadata)}")
+    others = sorted(r.remote_participants.values(), key=lambda p: p.identity)
+    _say(f"{len(others)} other participant(s) here:" if others else "no one else is here")
+    for p in others:
+        _say(f"  {p.identity} {_summary(p)}".rstrip())
     try:
-        async with Room.connect(url, token, options=RoomOptions(connect_timeout=timeout)) as r:
-            events = r.events()  # before any await: nothing after the join is missed
-            sid = ""
-            with anyio.move_on_after(1.0):
-                sid = await r.sid()
-            _say(f"joined room {r.name!r} as {r.local_participant.identity!r}"
-                 + (f" (room sid {sid})" if sid else ""))
-            if r.metadata:
-                _say(f"room metadata: {_show(r.metadata)}")
-            others = sorted(r.remote_participants.values(), key=lambda p: p.identity)
-            _say(f"{len(others)} other participant(s) here" + (":" if others else ""))
-            for p in others:
-                _say(f"  {p.identity} {_summary(p)}".rstrip())
-            try:
-                async for event in events:
-                    _say(format_event(event))
-            except EventStreamOverflowError as exc:
-                _error(str(exc))
-                return 1
-    except ConnectError as exc:
-        # The library never puts the token in a message; redact anyway, cheaply.
-        _error(str(exc).replace(token, "<token>") if token else str(exc))
+        async for event in events:
+            _say(format_event(event))
+    except EventStreamOverflowError as exc:
+        _error(str(exc))
         return 1
     return 0
 
@@ -307,8 +332,12 @@ async def _observe(events: Subscription[RoomEvent], seen: _Seen) -> None:
         seen.add(event)
 
 
-async def _demo(backend: str, fast: bool) -> int:
-    pause = 0.0 if fast else 0.8
+class _Stopped(Exception):
+    """Ctrl-C during the demo: it ends at the next step, leaving its rooms normally."""
+
+
+async def _demo(backend: str, fast: bool, stop: anyio.Event) -> int:
+    pause = 0.0 if fast else 0.75
     async with DevServer() as server:
         _say(f"dev server at {server.url} ({backend}); room {_DEMO_ROOM!r}")
         alice_token = server.token("alice", room=_DEMO_ROOM, name="Alice")
@@ -318,7 +347,10 @@ async def _demo(backend: str, fast: bool) -> int:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_observe, alice.events(), seen)
                 try:
-                    await _demo_script(server, alice, seen, pause)
+                    await _demo_script(server, alice, seen, pause, stop)
+                except _Stopped:
+                    _say("interrupted")
+                    return 130
                 except (TimeoutError, RoomError) as exc:
                     _error(f"the demo went wrong: {exc!r}")
                     return 1
@@ -329,9 +361,14 @@ async def _demo(backend: str, fast: bool) -> int:
     return 0
 
 
-async def _demo_script(server: DevServer, alice: Room, seen: _Seen, pause: float) -> None:
+async def _demo_script(
+    server: DevServer, alice: Room, seen: _Seen, pause: float, stop: anyio.Event,
+) -> None:
     async def step(text: str) -> None:
-        await anyio.sleep(pause)
+        with anyio.move_on_after(pause):
+            await stop.wait()
+        if stop.is_set():
+            raise _Stopped
         _say(f"> {text}")
 
     await step("bob joins")
@@ -374,11 +411,14 @@ async def _demo_script(server: DevServer, alice: Room, seen: _Seen, pause: float
             await seen.wait_for(ParticipantDisconnected, "carol")
             with anyio.fail_after(10.0):
                 async for event in carol_events:
-                    _say(f"  (carol was told: {format_event(event).split(maxsplit=1)[1]})")
+                    _say(f"  (carol's own stream ends: {type(event).__name__} "
+                         f"{_describe(event)[1]})")
 
-        await step("bob says goodbye and leaves")
+        await step("bob says goodbye")
         await me.set_attributes({"says": "Bye!"})
         await seen.wait_for(ParticipantAttributesChanged, "bob")
+
+        await step("bob leaves")
     await seen.wait_for(ParticipantDisconnected, "bob")
 
     await step("alice leaves")
@@ -462,35 +502,47 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", parents=[backend], help="watch two participants talk on an embedded server",
         description="Start a dev server, let alice watch while bob acts, print what she sees.")
     demo.add_argument("--fast", action="store_true", help="no pauses between steps")
+
+    for verb in (serve, token, join, demo):
+        verb.set_defaults(verb_parser=verb)  # to report errors found after parsing
     return parser
 
 
-async def _until_signal(verb: Callable[[], Awaitable[int]]) -> int:
-    """Run ``verb``; SIGINT/SIGTERM cancel it (cleanly) and give ``128 + signal``."""
+_Verb = Callable[[anyio.Event], Awaitable[int]]
+
+
+async def _until_signal(verb: _Verb) -> int:
+    """Run ``verb(stop)``; SIGINT or SIGTERM sets ``stop`` and makes the exit code 128 + signal.
+
+    Each verb winds itself down when ``stop`` is set, rather than being cancelled: ``serve``
+    leaves its ``async with DevServer`` so the server can tell its participants it is
+    shutting down, ``join`` leaves the room and prints the resulting ``Disconnected``,
+    ``demo`` stops at its next step. A second signal cancels whatever is still running.
+    """
     code: int | None = None
+    stop = anyio.Event()
 
     async def watch(*, task_status: TaskStatus[None]) -> None:
         nonlocal code
         try:
-            receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
-            with receiver as signals:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 task_status.started()
                 async for signum in signals:
+                    if stop.is_set():
+                        tg.cancel_scope.cancel()
                     code = 128 + signum
-                    tg.cancel_scope.cancel()
-                    return
+                    stop.set()
         except NotImplementedError:  # asyncio on Windows: Ctrl-C stays KeyboardInterrupt
             task_status.started()
 
+    result = 130
     async with anyio.create_task_group() as tg:
         await tg.start(watch)
         try:
-            result = await verb()
-            if code is None:
-                code = result
+            result = await verb(stop)
         finally:
             tg.cancel_scope.cancel()
-    return 130 if code is None else code
+    return result if code is None else code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,17 +553,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "token":
-        return _token(args, parser)
+        return _token(args)
     if args.backend == "trio" and importlib.util.find_spec("trio") is None:
-        parser.error("the trio backend needs trio: pip install 'room-rtc[trio]'")
-    verb: Callable[[], Awaitable[int]]
+        args.verb_parser.error("the trio backend needs trio: pip install 'room-rtc[trio]'")
+    verb: _Verb
     if args.command == "serve":
         try:
             server = DevServer(host=args.host, port=args.port, api_key=args.api_key,
                                api_secret=args.api_secret, ping_interval=args.ping_interval,
                                ping_timeout=args.ping_timeout)
         except ValueError as exc:
-            parser.error(str(exc))
+            args.verb_parser.error(str(exc))
         if args.verbose == 0:  # who joins and leaves is what a dev server's user watches
             logging.getLogger("room.devserver").setLevel(logging.INFO)
         verb = partial(_serve, server)
