@@ -31,7 +31,6 @@ from room.events._types import (
     ConnectionStateChanged,
     Disconnected,
     RoomEvent,
-    RoomMetadataChanged,
 )
 from room.events.hub import EventHub, Subscription
 from room.options import RoomOptions
@@ -80,6 +79,7 @@ class Room:
         self._services_scope = anyio.CancelScope()
         self._services_done = anyio.Event()
         self._closing = False
+        self._tell_server = False
         self._disconnect_reason: DisconnectReason | None = None
         self._request_ids = itertools.count(1)
         self._pending: dict[int, _PendingRequest] = {}
@@ -127,12 +127,17 @@ class Room:
                 self._joined(signal, join)
                 bound.deadline = math.inf
                 joined = True
-                with self._services_scope:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._read_loop)
-                        tg.start_soon(self._keepalive_loop)
-                        task_status.started()
-                bound.deadline = anyio.current_time() + _LEAVE_TIMEOUT
+                try:
+                    with self._services_scope:
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(self._read_loop)
+                            tg.start_soon(self._keepalive_loop)
+                            task_status.started()
+                finally:
+                    # Also reached when cancelled from outside: leave politely anyway.
+                    bound.deadline = anyio.current_time() + _LEAVE_TIMEOUT
+                    with anyio.CancelScope(shield=True):
+                        await self._say_goodbye()
             if not joined:
                 raise ConnectError(f"timed out after {timeout:g} s connecting to {url}")
         finally:
@@ -199,20 +204,31 @@ class Room:
         return self._hub.subscribe(*types)
 
     async def disconnect(self) -> None:
-        """Leave the room; idempotent. Shielded from cancellation and bounded in time."""
+        """Leave the room; idempotent.
+
+        Tells the server (LeaveRequest), ends the room's tasks and every ``events()``
+        iterator, and returns once the socket is closed. Shielded from cancellation and
+        bounded in time (a few seconds at worst, against an unresponsive server).
+        """
         with anyio.CancelScope(shield=True):
-            if not self._closing and self._signal is not None:
-                leave = rtc.SignalRequest(leave=rtc.LeaveRequest(
-                    can_reconnect=False,
-                    reason=DisconnectReason.CLIENT_INITIATED.name,
-                    action=rtc.LeaveRequest.Action.DISCONNECT,
-                ))
-                with anyio.move_on_after(_LEAVE_TIMEOUT):
-                    with suppress(SignalClosed):
-                        await self._signal.send(leave)
-                self._finish(DisconnectReason.CLIENT_INITIATED, "disconnect() called")
+            self._finish(DisconnectReason.CLIENT_INITIATED, "disconnect() called",
+                         tell_server=True)
             if self._tg is not None and self._state is not None:
                 await self._services_done.wait()
+
+    async def _say_goodbye(self) -> None:
+        """Send the LeaveRequest unless the server ended the room (bounded, never raises)."""
+        if not self._closing:  # cancelled from outside: that is the user leaving too
+            self._finish(DisconnectReason.CLIENT_INITIATED, "cancelled", tell_server=True)
+        if not self._tell_server or self._signal is None:
+            return
+        leave = rtc.SignalRequest(leave=rtc.LeaveRequest(
+            can_reconnect=False,
+            reason=DisconnectReason.CLIENT_INITIATED.name,
+            action=rtc.LeaveRequest.Action.DISCONNECT,
+        ))
+        with anyio.move_on_after(_LEAVE_TIMEOUT), suppress(SignalClosed):
+            await self._signal.send(leave)
 
     def __repr__(self) -> str:
         name = self._state.name if self._state else "?"
@@ -280,11 +296,17 @@ class Room:
             self._connection_state = new
             self._hub.publish(ConnectionStateChanged(new))
 
-    def _finish(self, reason: DisconnectReason, message: str) -> None:
-        """Mark the room disconnected: deliver `Disconnected`, end iterators, stop services."""
+    def _finish(self, reason: DisconnectReason, message: str, *,
+                tell_server: bool = False) -> None:
+        """Mark the room disconnected: deliver `Disconnected`, end iterators, stop services.
+
+        ``tell_server``: we are the ones leaving, so the services task sends a
+        LeaveRequest before it closes the socket.
+        """
         if self._closing:
             return
         self._closing = True
+        self._tell_server = tell_server
         self._disconnect_reason = reason
         _log.info("room disconnected: %s %s", reason.name, message)
         self._set_state(ConnectionState.DISCONNECTED)
@@ -345,7 +367,7 @@ class Room:
             self._token = msg.refresh_token
         else:
             for event in state.handle(msg):
-                if isinstance(event, RoomMetadataChanged) or state.sid:
+                if state.sid:
                     self._sid_known.set()
                 self._hub.publish(event)
             for pending in list(self._pending.values()):

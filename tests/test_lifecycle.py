@@ -176,3 +176,46 @@ async def test_http_endpoints(livekit_server: DevServer) -> None:
         assert r.status_code == 200
         r = await client.get(f"{base}/rtc", params={"access_token": tok})
         assert r.status_code == 400
+
+
+async def test_cancelling_nested_rooms_still_says_goodbye_for_each(
+        livekit_server: DevServer) -> None:
+    srv = livekit_server
+    async with room.Room.connect(srv.url, srv.token("watcher", room="r")) as watcher:
+        events = watcher.events(ParticipantDisconnected)
+        with anyio.move_on_after(0.3) as scope:
+            async with room.Room.connect(srv.url, srv.token("alice", room="r")), \
+                    room.Room.connect(srv.url, srv.token("bob", room="r")):
+                await anyio.sleep_forever()
+        assert scope.cancelled_caught
+        gone = [await next_event(events, ParticipantDisconnected, timeout=1.0)
+                for _ in range(2)]
+        assert sorted(ev.participant.identity for ev in gone) == ["alice", "bob"]
+        assert {ev.participant.disconnect_reason for ev in gone} == {
+            room.DisconnectReason.CLIENT_INITIATED}
+    assert client_tasks() == []
+
+
+@pytest.mark.parametrize("how", ["exit", "cancel"])
+async def test_server_shutdown_is_announced_to_clients(how: str) -> None:
+    srv = DevServer()
+    stop = anyio.Event()
+    server_scope = anyio.CancelScope()
+
+    async def run_server(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        with server_scope:
+            async with srv:
+                task_status.started()
+                await stop.wait()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(run_server)
+        async with room.Room.connect(srv.url, srv.token("a", room="r")) as a:
+            events = a.events(Disconnected)
+            if how == "exit":
+                stop.set()
+            else:
+                server_scope.cancel()
+            ev = await next_event(events, Disconnected, timeout=3.0)
+            assert ev.reason is room.DisconnectReason.SERVER_SHUTDOWN
+            assert not a.isconnected()

@@ -18,6 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from livekit.protocol import models, rtc
 
 from room.devserver.auth import Grants
+from room.devserver.http import WebSocket
 
 __all__ = ["DevRoom", "Session", "new_sid"]
 
@@ -69,6 +70,7 @@ class Session:
         self.closed = anyio.Event()
         self.close_reason = models.DisconnectReason.UNKNOWN_REASON
         self.last_seen = anyio.current_time()
+        self.ws: WebSocket | None = None  # set by the connection that owns the session
 
     @property
     def identity(self) -> str:

@@ -74,12 +74,18 @@ class DevServer:
         tb: TracebackType | None,
     ) -> None:
         assert self._tg is not None and self._listener is not None
-        for room in list(self._rooms.values()):
-            for s in list(room.sessions.values()):
-                room.leave(s, models.DisconnectReason.SERVER_SHUTDOWN, notify_self=True)
-        # Give the writers a moment to deliver the leave messages, then stop everything.
-        with anyio.CancelScope(shield=True):
-            await anyio.sleep(0.05)
+        # Tell every participant first, writing directly: when we are cancelled from
+        # outside, the connections' writer tasks are already being cancelled.
+        leave = rtc.SignalResponse(leave=rtc.LeaveRequest(
+            reason=models.DisconnectReason.SERVER_SHUTDOWN,
+            action=rtc.LeaveRequest.Action.DISCONNECT)).SerializeToString()
+        everyone = [(r, s) for r in self._rooms.values() for s in r.sessions.values()]
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+            for _, session in everyone:
+                if session.ws is not None:
+                    await session.ws.send(leave)
+        for r, session in everyone:
+            r.leave(session, models.DisconnectReason.SERVER_SHUTDOWN)
         self._tg.cancel_scope.cancel()
         try:
             await self._tg.__aexit__(None, None, None)
@@ -197,6 +203,7 @@ class DevServer:
         except ValueError:
             protocol = 0
         session = Session(grants, protocol)
+        session.ws = ws
         room = self._rooms.get(grants.room)
         if room is None:
             room = self._rooms[grants.room] = DevRoom(grants.room)

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from urllib.parse import urlsplit
 
 import httpx
+import wsproto.utilities
 from google.protobuf.message import DecodeError
 from httpx_ws import (
     AsyncWebSocketSession,
@@ -52,7 +53,8 @@ class SignalConnection:
     async def send(self, request: rtc.SignalRequest) -> None:
         try:
             await self._ws.send_bytes(request.SerializeToString())
-        except (HTTPXWSException, httpx.HTTPError, OSError) as exc:
+        except (HTTPXWSException, httpx.HTTPError, OSError,
+                wsproto.utilities.LocalProtocolError) as exc:
             raise SignalClosed(f"signal connection lost while sending: {exc!r}") from exc
 
     async def receive(self) -> rtc.SignalResponse | None:
