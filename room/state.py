@@ -57,7 +57,8 @@ class RoomState:
         self._departed: OrderedDict[str, None] = OrderedDict()
         self._speakers: list[Participant] = []
         for info in join.other_participants:
-            if info.state != _DISCONNECTED and info.identity != local.identity:
+            if (info.state != _DISCONNECTED and info.identity and info.sid
+                    and info.identity != local.identity):
                 self.remote[info.identity] = _new_remote(info)
 
     @property

@@ -50,7 +50,12 @@ class Subscription(Generic[E]):
         if self._types and not isinstance(event, self._types):
             return True
         final = isinstance(event, Disconnected)
-        used = self._send.statistics().current_buffer_used
+        stats = self._send.statistics()
+        if stats.open_receive_streams == 0:
+            # Unsubscribed (aclose): drop it quietly, even if its buffer was full.
+            self._send.close()
+            return False
+        used = stats.current_buffer_used
         if used >= self._limit and not final:
             self._overflowed = True
             _log.warning("events() subscriber fell %d events behind; cutting it off", used)
