@@ -397,3 +397,23 @@ async def test_hub_subscriber_that_acloses_is_dropped(caplog: pytest.LogCaptureF
         hub.close()
         got += await _drain(staying)
     assert got == [*events, Disconnected(DisconnectReason.CLIENT_INITIATED)]
+
+
+@pytest.mark.anyio
+async def test_hub_breaking_out_of_async_for_unsubscribes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    hub = EventHub(buffer_size=2)
+    events = _events(4)
+    keeper = _subscribe(hub)
+    dropped = _subscribe(hub)
+    hub.publish(events[0])
+    async for _ in dropped:
+        break  # the user walks away from this subscription...
+    del dropped
+    gc.collect()
+    with caplog.at_level(logging.WARNING, logger="room.events.hub"):
+        hub.publish(events[1])  # ...so it is unsubscribed: nothing is queued for it
+    assert not [r for r in caplog.records if r.name == "room.events.hub"]
+    assert len(hub._subs) == 1
+    hub.close()
+    assert await _drain(keeper) == events[:2]

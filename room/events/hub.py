@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Generic, TypeVar
@@ -113,7 +114,9 @@ class EventHub:
         if not 1 <= buffer_size < math.inf:
             raise ValueError("buffer_size must be a positive integer")
         self._buffer_size = buffer_size
-        self._subs: list[Subscription[RoomEvent]] = []
+        # Weak references: a subscription the user dropped (``break`` out of ``async for``)
+        # is collected, which unsubscribes it, instead of filling up and overflowing.
+        self._subs: list[weakref.ref[Subscription[RoomEvent]]] = []
         self._closed = False
 
     @property
@@ -128,7 +131,7 @@ class EventHub:
         if self._closed:
             sub._end()
         else:
-            self._subs.append(sub)  # type: ignore[arg-type]
+            self._subs.append(weakref.ref(sub))  # type: ignore[arg-type]
         return sub
 
     def publish(self, event: RoomEvent) -> None:
@@ -136,11 +139,18 @@ class EventHub:
         if self._closed:
             _log.debug("event after close dropped: %r", event)
             return
-        self._subs = [s for s in self._subs if s._offer(event)]
+        alive = []
+        for ref in self._subs:
+            sub = ref()
+            if sub is not None and sub._offer(event):
+                alive.append(ref)
+        self._subs = alive
 
     def close(self) -> None:
         """End every subscription (after what each has buffered)."""
         self._closed = True
-        for sub in self._subs:
-            sub._end()
+        for ref in self._subs:
+            sub = ref()
+            if sub is not None:
+                sub._end()
         self._subs.clear()
