@@ -29,7 +29,7 @@ async def _hub_run(n: int, subs: int) -> float:
 
     who = RemoteParticipant(models.ParticipantInfo(sid="PA_b", identity="bench"))
     hub = EventHub(buffer_size=n + 1)
-    subscriptions = [hub.subscribe() for _ in range(subs)]
+    subscriptions: list[Subscription[RoomEvent]] = [hub.subscribe() for _ in range(subs)]
 
     async def drain(sub: Subscription[RoomEvent]) -> None:
         async for _ in sub:
