@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from room.participant import RemoteParticipant
 from room.types import DataPacketKind
+
+if TYPE_CHECKING:
+    from room.participant import RemoteParticipant
 
 __all__ = ["DataPacket", "SipDTMF", "TranscriptionSegment"]
 

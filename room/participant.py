@@ -6,12 +6,13 @@ owns them; user code reads them and calls the local participant's methods.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Protocol
 
 from livekit.protocol import models
 
+from room.data import TranscriptionSegment
 from room.publication import LocalTrackPublication, RemoteTrackPublication, TrackPublication
 from room.types import ConnectionQuality, DisconnectReason, ParticipantKind
 
@@ -65,6 +66,8 @@ class _LocalEngine(Protocol):
         self, *, name: str | None, metadata: str | None, attributes: Mapping[str, str] | None
     ) -> None: ...
 
+    async def publish_packet(self, packet: models.DataPacket, *, reliable: bool) -> None: ...
+
 
 class LocalParticipant(Participant):
     """This client, as the room sees it; its methods talk to the server."""
@@ -72,6 +75,9 @@ class LocalParticipant(Participant):
     def __init__(self, info: models.ParticipantInfo, engine: _LocalEngine | None = None) -> None:
         super().__init__(info)
         self._engine = engine
+        # Servers that send no permission block impose none.
+        self.can_publish_data = (info.permission.can_publish_data
+                                 if info.HasField("permission") else True)
 
     @property
     def track_publications(self) -> Mapping[str, LocalTrackPublication]:
@@ -116,6 +122,82 @@ class LocalParticipant(Participant):
                 raise ValueError("attribute keys must not be empty")
         await self._require_engine().update_local_participant(
             name=None, metadata=None, attributes=dict(attributes))
+
+
+    async def publish_data(
+        self, payload: bytes | str, *, reliable: bool = True,
+        destination_identities: Sequence[str] = (), topic: str | None = None,
+    ) -> None:
+        """Send ``payload`` to everyone else in the room, or only to ``destination_identities``.
+
+        ``reliable=True`` uses the ordered, retransmitted channel; ``False`` the lossy one
+        (unordered, no retransmits: may be lost, never duplicated). Returns once the packet
+        is handed to the data channel. Raises `PublishDataError` if it is too large
+        (64,000 bytes serialized) or the token lacks ``canPublishData``, and
+        `ConnectionClosedError` if the room is gone; both before anything is sent.
+        Cancelling it may or may not have sent the packet.
+        """
+        if isinstance(payload, str):
+            payload = payload.encode()
+        elif isinstance(payload, (bytearray, memoryview)):
+            payload = bytes(payload)
+        if not isinstance(payload, bytes):
+            raise TypeError(f"payload must be bytes or str, not {type(payload).__name__}")
+        destinations = _identities(destination_identities)
+        if topic is not None and not isinstance(topic, str):
+            raise TypeError("topic must be a str or None")
+        user = models.UserPacket(payload=payload, destination_identities=destinations)
+        if topic is not None:
+            user.topic = topic
+        await self._send_packet(models.DataPacket(
+            kind=models.DataPacket.Kind.RELIABLE if reliable else models.DataPacket.Kind.LOSSY,
+            participant_identity=self.identity, destination_identities=destinations,
+            user=user), reliable=reliable)
+
+    async def publish_dtmf(self, *, code: int, digit: str) -> None:
+        """Send a SIP DTMF tone (``code`` 0-15, ``digit`` one character) to everyone."""
+        if not isinstance(code, int) or not 0 <= code <= 15:
+            raise ValueError("DTMF code must be an int from 0 to 15")
+        if not isinstance(digit, str) or len(digit) != 1:
+            raise ValueError("DTMF digit must be a single character")
+        await self._send_packet(models.DataPacket(
+            kind=models.DataPacket.Kind.RELIABLE, participant_identity=self.identity,
+            sip_dtmf=models.SipDTMF(code=code, digit=digit)), reliable=True)
+
+    async def publish_transcription(
+        self, segments: Sequence[TranscriptionSegment], *,
+        participant_identity: str | None = None, track_sid: str = "",
+    ) -> None:
+        """Publish transcription ``segments`` of ``participant_identity``'s track
+        ``track_sid`` (default: our own identity) to everyone."""
+        if not all(isinstance(s, TranscriptionSegment) for s in segments):
+            raise TypeError("segments must be TranscriptionSegment values")
+        await self._send_packet(models.DataPacket(
+            kind=models.DataPacket.Kind.RELIABLE, participant_identity=self.identity,
+            transcription=models.Transcription(
+                transcribed_participant_identity=participant_identity or self.identity,
+                track_id=track_sid,
+                segments=[models.TranscriptionSegment(
+                    id=s.id, text=s.text, start_time=s.start_time, end_time=s.end_time,
+                    final=s.final, language=s.language) for s in segments])),
+            reliable=True)
+
+    async def _send_packet(self, packet: models.DataPacket, *, reliable: bool) -> None:
+        from room.errors import PublishDataError
+
+        engine = self._require_engine()
+        if not self.can_publish_data:
+            raise PublishDataError("the token does not allow publishing data (canPublishData)")
+        await engine.publish_packet(packet, reliable=reliable)
+
+
+def _identities(value: Sequence[str]) -> list[str]:
+    if isinstance(value, str):
+        raise TypeError("destination_identities must be a sequence of identities, not a str")
+    out = list(value)
+    if not all(isinstance(v, str) and v for v in out):
+        raise TypeError("destination_identities must be non-empty strs")
+    return out
 
 
 def _check_str(what: str, value: object) -> None:

@@ -15,14 +15,18 @@ import math
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack, suppress
 from types import MappingProxyType, TracebackType
+from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from livekit.protocol import rtc
+from aiortc import RTCIceServer
+from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
 
 from room.errors import (
     ConnectError,
     ConnectionClosedError,
+    PublishDataError,
     RequestRefusedError,
     RequestTimeoutError,
 )
@@ -33,13 +37,15 @@ from room.events._types import (
     RoomEvent,
 )
 from room.events.hub import EventHub, Subscription
-from room.options import RoomOptions
+from room.options import IceTransportType, RoomOptions, RtcConfiguration
 from room.participant import LocalParticipant, RemoteParticipant
 from room.state import RoomState
 from room.transport.keepalive import Keepalive
 from room.transport.signal import SignalClosed, SignalConnection, connect_signal
+from room.transport.ice import host_addresses_for
+from room.transport.rtc import LOSSY, RELIABLE, RtcTransport
 from room.transport.url import signal_params
-from room.types import ConnectionState, DisconnectReason
+from room.types import ConnectionState, DataPacketKind, DisconnectReason
 
 __all__ = ["Room"]
 
@@ -48,6 +54,8 @@ _log = logging.getLogger(__name__)
 E = type[RoomEvent]
 # How long leaving may take to tell the server and close the socket before giving up.
 _LEAVE_TIMEOUT = 2.0
+# The largest data packet (serialized) we send: the data channel's default message size.
+MAX_DATA_PACKET = 64_000
 
 
 class _PendingRequest:
@@ -85,6 +93,7 @@ class Room:
         self._pending: dict[int, _PendingRequest] = {}
         self._sid_known = anyio.Event()
         self._token = ""
+        self._rtc: RtcTransport | None = None
 
     # -- connecting --------------------------------------------------------------------
 
@@ -125,21 +134,32 @@ class Room:
                 params = signal_params(auto_subscribe=self._options.auto_subscribe)
                 signal, join = await connect_signal(stack, url, token, params)
                 self._joined(signal, join)
-                bound.deadline = math.inf
-                joined = True
+                self._rtc = self._make_transport(url, join)
                 try:
                     with self._services_scope:
                         async with anyio.create_task_group() as tg:
                             tg.start_soon(self._read_loop)
                             tg.start_soon(self._keepalive_loop)
+                            tg.start_soon(self._negotiate)
+                            # Usable means: data can be published (and received).
+                            await self._rtc.start()
+                            await self._rtc.wait_ready()
+                            bound.deadline = math.inf
+                            joined = True
+                            self._set_state(ConnectionState.CONNECTED)
+                            self._hub.publish(Connected())
                             task_status.started()
                 finally:
                     # Also reached when cancelled from outside: leave politely anyway.
                     bound.deadline = anyio.current_time() + _LEAVE_TIMEOUT
                     with anyio.CancelScope(shield=True):
                         await self._say_goodbye()
+                        with anyio.move_on_after(_LEAVE_TIMEOUT):
+                            await self._rtc.close()
             if not joined:
-                raise ConnectError(f"timed out after {timeout:g} s connecting to {url}")
+                raise ConnectError(f"timed out after {timeout:g} s connecting to {url}"
+                                   + ("" if self._state is None else
+                                      " (joined, but WebRTC did not connect)"))
         finally:
             if not joined:
                 self._connection_state = ConnectionState.DISCONNECTED
@@ -155,9 +175,18 @@ class Room:
         timeout = max(float(join.ping_timeout) or 15.0, interval)
         self._keepalive = Keepalive(interval=interval, timeout=timeout,
                                     now=anyio.current_time())
-        self._set_state(ConnectionState.CONNECTED)
-        self._hub.publish(Connected())
         _log.info("joined room %r as %r", self._state.name, local.identity)
+
+    def _make_transport(self, url: str, join: rtc.JoinResponse) -> RtcTransport:
+        config = self._options.rtc_config or RtcConfiguration()
+        servers = [RTCIceServer(urls=list(s.urls), username=s.username or None,
+                                credential=s.credential or None) for s in join.ice_servers]
+        servers += [RTCIceServer(urls=list(s.urls), username=s.username or None,
+                                 credential=s.credential or None) for s in config.ice_servers]
+        return RtcTransport(
+            send_signal=self._send, on_packet=self._on_packet, on_failure=self._on_rtc_failure,
+            ice_servers=servers, host_addresses=host_addresses_for(urlsplit(url).hostname or ""),
+            relay_only=config.ice_transport_type is IceTransportType.RELAY)
 
     # -- public surface ----------------------------------------------------------------
 
@@ -269,6 +298,22 @@ class Room:
         finally:
             self._pending.pop(request_id, None)
 
+    async def publish_packet(self, packet: models.DataPacket, *, reliable: bool) -> None:
+        """Send a data packet on the reliable or lossy channel (see `LocalParticipant`)."""
+        self._require_connected()
+        data = packet.SerializeToString()
+        if len(data) > MAX_DATA_PACKET:
+            raise PublishDataError(
+                f"data packet of {len(data)} bytes exceeds the {MAX_DATA_PACKET}-byte limit")
+        if self._rtc is None:
+            raise ConnectionClosedError("the room is not connected")
+        try:
+            await self._rtc.send(RELIABLE if reliable else LOSSY, data)
+        except ConnectionError as exc:
+            if self._closing:
+                raise ConnectionClosedError("the room is disconnected") from None
+            raise PublishDataError(f"could not send: {exc}") from None
+
     # -- internals ---------------------------------------------------------------------
 
     def _require_state(self) -> RoomState:
@@ -365,6 +410,9 @@ class Room:
             self._on_request_response(msg.request_response)
         elif which == "refresh_token":
             self._token = msg.refresh_token
+        elif which in ("offer", "answer", "trickle"):
+            if self._rtc is not None:
+                self._rtc.post(msg)
         else:
             for event in state.handle(msg):
                 if state.sid:
@@ -373,6 +421,31 @@ class Room:
             for pending in list(self._pending.values()):
                 if pending.satisfied():
                     pending.finish()
+
+    def _on_packet(self, label: str, data: bytes) -> None:
+        """A data packet from the subscriber connection (runs on our loop)."""
+        if self._closing or self._state is None:
+            return
+        try:
+            packet = models.DataPacket.FromString(data)
+        except DecodeError:
+            _log.warning("malformed data packet (%d bytes) ignored", len(data))
+            return
+        kind = DataPacketKind.LOSSY if label == LOSSY else DataPacketKind.RELIABLE
+        for event in self._state.handle_data(packet, kind):
+            self._hub.publish(event)
+
+    def _on_rtc_failure(self, message: str) -> None:
+        # Reconnection is not implemented yet: a failed peer connection ends the room.
+        self._finish(DisconnectReason.MEDIA_FAILURE, message)
+
+    async def _negotiate(self) -> None:
+        assert self._rtc is not None
+        try:
+            await self._rtc.run()
+        except Exception as exc:
+            _log.exception("WebRTC negotiation failed")
+            self._finish(DisconnectReason.MEDIA_FAILURE, f"WebRTC negotiation failed: {exc!r}")
 
     def _on_leave(self, leave: rtc.LeaveRequest) -> None:
         reason = DisconnectReason.from_wire(leave.reason)

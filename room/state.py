@@ -17,9 +17,11 @@ from collections.abc import Mapping, Sequence
 
 from livekit.protocol import models, rtc
 
+from room.data import DataPacket, SipDTMF, TranscriptionSegment
 from room.events._types import (
     ActiveSpeakersChanged,
     ConnectionQualityChanged,
+    DataReceived,
     ParticipantAttributesChanged,
     ParticipantConnected,
     ParticipantDisconnected,
@@ -27,14 +29,16 @@ from room.events._types import (
     ParticipantNameChanged,
     RoomEvent,
     RoomMetadataChanged,
+    SipDTMFReceived,
     TrackMuted,
     TrackPublished,
     TrackUnmuted,
     TrackUnpublished,
+    TranscriptionReceived,
 )
 from room.participant import LocalParticipant, Participant, RemoteParticipant
 from room.publication import RemoteTrackPublication
-from room.types import ConnectionQuality, DisconnectReason, ParticipantKind
+from room.types import ConnectionQuality, DataPacketKind, DisconnectReason, ParticipantKind
 
 __all__ = ["RoomState"]
 
@@ -85,6 +89,34 @@ class RoomState:
         if which == "connection_quality":
             return self._on_quality(msg.connection_quality.updates)
         _log.debug("room state ignores %s", which)
+        return []
+
+    def handle_data(self, packet: models.DataPacket, kind: DataPacketKind) -> list[RoomEvent]:
+        """The events a received data packet causes (``kind``: the channel it came on).
+
+        The sender is the participant the server stamped (``participant_identity``); a
+        packet from the server itself, or from someone we do not know, has none.
+        """
+        which = packet.WhichOneof("value")
+        sender = self.remote.get(packet.participant_identity) if (
+            packet.participant_identity) else None
+        if which == "user":
+            user = packet.user
+            topic = user.topic if user.HasField("topic") else None
+            return [DataReceived(DataPacket(bytes(user.payload), kind, sender, topic))]
+        if which == "sip_dtmf":
+            dtmf = packet.sip_dtmf
+            return [SipDTMFReceived(SipDTMF(dtmf.code, dtmf.digit, sender))]
+        if which == "transcription":
+            tr = packet.transcription
+            who: Participant | None = (
+                self.local if tr.transcribed_participant_identity == self.local.identity
+                else self.remote.get(tr.transcribed_participant_identity))
+            publication = who.track_publications.get(tr.track_id) if who else None
+            segments = [TranscriptionSegment(s.id, s.text, s.start_time, s.end_time, s.final,
+                                             s.language) for s in tr.segments]
+            return [TranscriptionReceived(segments, who, publication)]
+        _log.debug("data packet %s not handled here", which)
         return []
 
     # -- participants ------------------------------------------------------------------

@@ -19,6 +19,7 @@ from livekit.protocol import models, rtc
 
 from room.devserver.auth import Grants
 from room.devserver.http import WebSocket
+from room.devserver.webrtc import SessionRtc
 
 __all__ = ["DevRoom", "Session", "new_sid"]
 
@@ -71,6 +72,7 @@ class Session:
         self.close_reason = models.DisconnectReason.UNKNOWN_REASON
         self.last_seen = anyio.current_time()
         self.ws: WebSocket | None = None  # set by the connection that owns the session
+        self.rtc: SessionRtc | None = None  # its peer connections (same owner)
 
     @property
     def identity(self) -> str:

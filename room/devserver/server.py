@@ -20,6 +20,8 @@ from livekit.protocol import models, rtc
 from room.devserver.auth import AuthError, Grants, mint_token, verify_token
 from room.devserver.http import HttpRequest, Reject, WebSocket, serve_connection
 from room.devserver.rooms import DevRoom, Session
+from room.devserver.webrtc import SessionRtc
+from room.transport.ice import server_host_addresses
 
 __all__ = ["DevServer"]
 
@@ -27,6 +29,8 @@ _log = logging.getLogger(__name__)
 
 SERVER_VERSION = "1.9.0"
 _PROTOCOL = 16
+# Data packets larger than this (serialized) are dropped: LiveKit's data channel limit.
+MAX_DATA_PACKET = 64_000
 
 
 class DevServer:
@@ -207,6 +211,10 @@ class DevServer:
         room = self._rooms.get(grants.room)
         if room is None:
             room = self._rooms[grants.room] = DevRoom(grants.room)
+        session.rtc = SessionRtc(
+            identity=grants.identity, host_addresses=server_host_addresses(self.host),
+            send=session.send,
+            on_packet=lambda label, data: self._relay(room, session, label, data))
         session.send(rtc.SignalResponse(join=self._join_response(room, session)))
         room.join(session)
         _log.info("dev server: %s joined %s", grants.identity, grants.room)
@@ -214,6 +222,7 @@ class DevServer:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._reader, session, room, ws)
                 tg.start_soon(self._watchdog, session)
+                tg.start_soon(session.rtc.run)
                 # The writer ends once the session is closed and its outbox drained (so a
                 # final LeaveRequest is delivered), then closes the socket.
                 await self._writer(session, ws)
@@ -221,7 +230,40 @@ class DevServer:
         finally:
             room.leave(session, session.close_reason or models.DisconnectReason.SIGNAL_CLOSE)
             self._forget_if_empty(room)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                await session.rtc.close()
             _log.info("dev server: %s left %s", grants.identity, grants.room)
+
+    def _relay(self, room: DevRoom, sender: Session, label: str, data: bytes) -> None:
+        """Stamp a packet from ``sender`` with its identity and deliver it (or drop it)."""
+        if sender.closed.is_set():
+            return
+        if not sender.grants.can_publish_data:
+            _log.warning("dev server: %s may not publish data; packet dropped", sender.identity)
+            return
+        if len(data) > MAX_DATA_PACKET:
+            _log.warning("dev server: %d-byte packet from %s dropped (limit %d)",
+                         len(data), sender.identity, MAX_DATA_PACKET)
+            return
+        try:
+            packet = models.DataPacket.FromString(data)
+        except DecodeError:
+            _log.warning("dev server: malformed data packet from %s dropped", sender.identity)
+            return
+        # The sender is who the server says it is, whatever the packet claims.
+        packet.participant_identity = sender.identity
+        packet.participant_sid = sender.info.sid
+        destinations = set(packet.destination_identities)
+        if packet.HasField("user"):
+            packet.user.participant_identity = sender.identity
+            packet.user.participant_sid = sender.info.sid
+            destinations.update(packet.user.destination_identities)
+        out = packet.SerializeToString()
+        for target in list(room.sessions.values()):
+            if target is sender or (destinations and target.identity not in destinations):
+                continue
+            if target.rtc is not None:
+                target.rtc.forward(label, out)
 
     def _join_response(self, room: DevRoom, session: Session) -> rtc.JoinResponse:
         return rtc.JoinResponse(
@@ -234,7 +276,7 @@ class DevServer:
                 protocol=_PROTOCOL, region="local", node_id="room-devserver"),
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
-            subscriber_primary=False,
+            subscriber_primary=session.grants.can_subscribe,
         )
 
     async def _reader(self, session: Session, room: DevRoom, ws: WebSocket) -> None:
@@ -265,6 +307,9 @@ class DevServer:
             session.send(rtc.SignalResponse(pong=int(time.time() * 1000)))
         elif which == "leave":
             room.leave(session, models.DisconnectReason.CLIENT_INITIATED)
+        elif which in ("offer", "answer", "trickle"):
+            if session.rtc is not None:
+                session.rtc.post(req)
         elif which == "update_metadata":
             upd = req.update_metadata
             reason, message = room.update_participant(

@@ -1,0 +1,139 @@
+"""ICE details: which local addresses to gather, and LiveKit's JSON trickle candidates.
+
+aioice gathers host candidates from every interface except loopback. For a dev server and
+clients on one machine with no network that yields nothing usable, so `room` can restrict
+gathering to chosen addresses (127.0.0.1 included): `host_addresses_for` picks them from
+the address the signalling connection uses (a loopback URL means loopback candidates
+only), and `use_host_addresses` applies them to the aiortc work of the current task.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import json
+import logging
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import aioice.ice
+from aiortc import RTCIceCandidate
+from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
+
+__all__ = [
+    "candidate_from_json",
+    "candidate_to_json",
+    "host_addresses_for",
+    "sdp_candidates",
+    "server_host_addresses",
+    "use_host_addresses",
+]
+
+_log = logging.getLogger(__name__)
+
+_HOST_ADDRESSES: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
+    "room_ice_host_addresses", default=None)
+_original_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    chosen = _HOST_ADDRESSES.get()
+    if chosen is None:
+        return _original_get_host_addresses(use_ipv4, use_ipv6)
+    return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+
+aioice.ice.get_host_addresses = _get_host_addresses
+
+
+@contextmanager
+def use_host_addresses(addresses: Sequence[str] | None) -> Iterator[None]:
+    """Gather host candidates only on ``addresses`` (None: every non-loopback interface)
+    for ICE work started inside this block on the current task (and tasks it creates)."""
+    token = _HOST_ADDRESSES.set(tuple(addresses) if addresses is not None else None)
+    try:
+        yield
+    finally:
+        _HOST_ADDRESSES.reset(token)
+
+
+def host_addresses_for(host: str) -> tuple[str, ...] | None:
+    """Where a client should gather host candidates to reach a server at ``host``:
+    loopback only when ``host`` is a loopback name or address, else None (every
+    non-loopback interface, aioice's default)."""
+    if not host:
+        return None
+    if host == "localhost":
+        return ("127.0.0.1",)
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        try:
+            ip = ipaddress.ip_address(socket.gethostbyname(host))
+        except OSError:
+            return None
+    return (str(ip),) if ip.is_loopback else None
+
+
+def server_host_addresses(bind_host: str) -> tuple[str, ...] | None:
+    """Where a server bound to ``bind_host`` gathers: that address, or every interface."""
+    try:
+        ip = ipaddress.ip_address(bind_host.strip("[]"))
+    except ValueError:
+        return host_addresses_for(bind_host)
+    return None if ip.is_unspecified else (str(ip),)
+
+
+def candidate_to_json(candidate: RTCIceCandidate) -> str:
+    """LiveKit's trickle format: the JSON of an RTCIceCandidateInit."""
+    return json.dumps({
+        "candidate": "candidate:" + candidate_to_sdp(candidate),
+        "sdpMid": candidate.sdpMid,
+        "sdpMLineIndex": candidate.sdpMLineIndex,
+        "usernameFragment": None,
+    })
+
+
+def candidate_from_json(text: str) -> RTCIceCandidate | None:
+    """Parse a trickled candidate; None for end-of-candidates or anything unusable."""
+    try:
+        init = json.loads(text)
+        line = str(init.get("candidate") or "")
+        if not line:
+            return None
+        if line.startswith("a="):
+            line = line[2:]
+        if line.startswith("candidate:"):
+            line = line[len("candidate:"):]
+        candidate = candidate_from_sdp(line)
+        candidate.sdpMid = init.get("sdpMid")
+        index = init.get("sdpMLineIndex")
+        candidate.sdpMLineIndex = int(index) if index is not None else None
+        return candidate
+    except (ValueError, TypeError, AttributeError, AssertionError, IndexError):
+        _log.warning("unusable trickle candidate ignored: %.200s", text)
+        return None
+
+
+def sdp_candidates(sdp: str) -> list[RTCIceCandidate]:
+    """The candidates embedded in an SDP (aiortc puts all of them there)."""
+    out: list[RTCIceCandidate] = []
+    mid: str | None = None
+    index = -1
+    for raw in sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            index += 1
+            mid = None
+        elif line.startswith("a=mid:"):
+            mid = line[len("a=mid:"):]
+        elif line.startswith("a=candidate:"):
+            try:
+                c = candidate_from_sdp(line[len("a=candidate:"):])
+            except (ValueError, AssertionError, IndexError):
+                continue
+            c.sdpMid = mid
+            c.sdpMLineIndex = index
+            out.append(c)
+    return out

@@ -1,0 +1,159 @@
+"""One WebRTC peer connection with LiveKit's two data channels, on the aiortc loop.
+
+`Peer` is used by the client (publisher: we offer; subscriber: the server offers) and by
+the dev server (the mirror image). Every coroutine method runs on the aiortc loop
+(`room.transport.aio`), called through ``AiortcLoop.run``; callbacks it is given are
+invoked on the aiortc loop and must hop to their own loop themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+
+from room.transport.ice import candidate_from_json, use_host_addresses
+
+__all__ = ["LOSSY", "RELIABLE", "Peer"]
+
+_log = logging.getLogger(__name__)
+
+RELIABLE = "_reliable"
+LOSSY = "_lossy"
+# Sending waits while this much is queued in a data channel (flow control).
+_HIGH_WATER = 1 << 20
+_LOW_WATER = 256 * 1024
+
+OnData = Callable[[str, bytes], None]
+OnState = Callable[[str], None]
+
+
+class Peer:
+    """An ``RTCPeerConnection`` plus the ``_reliable``/``_lossy`` channels it carries."""
+
+    def __init__(
+        self, *, name: str, ice_servers: Sequence[RTCIceServer] = (),
+        host_addresses: Sequence[str] | None = None, on_data: OnData | None = None,
+        on_state: OnState | None = None, relay_only: bool = False,
+    ) -> None:
+        self.name = name
+        self._host_addresses = tuple(host_addresses) if host_addresses is not None else None
+        self._on_data = on_data
+        self._on_state = on_state
+        self._channels: dict[str, RTCDataChannel] = {}
+        self._opened: dict[str, asyncio.Event] = {RELIABLE: asyncio.Event(),
+                                                   LOSSY: asyncio.Event()}
+        self._low = asyncio.Event()
+        self._closed = False
+        self.pc = RTCPeerConnection(RTCConfiguration(
+            iceServers=list(ice_servers) or None,
+            iceTransportPolicy=(RTCIceTransportPolicy.RELAY if relay_only
+                                else RTCIceTransportPolicy.ALL)))
+        self.pc.on("datachannel", self._adopt)
+        self.pc.on("connectionstatechange", self._state_changed)
+
+    # -- negotiation -------------------------------------------------------------------
+
+    async def offer_with_channels(self) -> str:
+        """Create our two data channels and return the offer SDP (candidates included)."""
+        self._adopt(self.pc.createDataChannel(RELIABLE, ordered=True))
+        self._adopt(self.pc.createDataChannel(LOSSY, ordered=False, maxRetransmits=0))
+        with use_host_addresses(self._host_addresses):
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Accept a remote offer; return our answer SDP (candidates included)."""
+        with use_host_addresses(self._host_addresses):
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    async def accept_answer(self, answer_sdp: str) -> None:
+        with use_host_addresses(self._host_addresses):
+            await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
+
+    async def add_candidate(self, candidate_init: str) -> None:
+        """Add a trickled candidate (LiveKit's JSON); unusable or late ones are ignored."""
+        candidate = candidate_from_json(candidate_init)
+        if candidate is None or self.pc.remoteDescription is None:
+            return
+        try:
+            await self.pc.addIceCandidate(candidate)
+        except (ValueError, KeyError) as exc:  # after end-of-candidates, unknown mid
+            _log.debug("%s: trickle candidate ignored: %s", self.name, exc)
+
+    # -- data --------------------------------------------------------------------------
+
+    async def wait_open(self, *labels: str) -> None:
+        for label in labels:
+            await self._opened[label].wait()
+
+    def is_open(self, label: str) -> bool:
+        ch = self._channels.get(label)
+        return ch is not None and ch.readyState == "open"
+
+    async def send(self, label: str, data: bytes) -> None:
+        """Send on ``label``, waiting while the channel's queue is above the high mark."""
+        ch = self._channels.get(label)
+        if ch is None or ch.readyState != "open":
+            raise ConnectionError(f"data channel {label} is not open")
+        while ch.bufferedAmount > _HIGH_WATER:
+            self._low.clear()
+            await self._low.wait()
+            if ch.readyState != "open":
+                raise ConnectionError(f"data channel {label} closed")
+        ch.send(data)
+
+    def send_nowait(self, label: str, data: bytes) -> bool:
+        """Send without waiting (for forwarding); False if the channel is not open."""
+        ch = self._channels.get(label)
+        if ch is None or ch.readyState != "open":
+            return False
+        ch.send(data)
+        return True
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self.pc.close()
+            self._low.set()
+
+    # -- aiortc callbacks (on the aiortc loop) -----------------------------------------
+
+    def _adopt(self, ch: RTCDataChannel) -> None:
+        label = ch.label
+        if label not in self._opened:
+            _log.debug("%s: ignoring data channel %r", self.name, label)
+            return
+        self._channels[label] = ch
+        ch.bufferedAmountLowThreshold = _LOW_WATER
+
+        def opened() -> None:
+            self._opened[label].set()
+
+        def message(data: bytes | str) -> None:
+            if self._on_data is not None:
+                self._on_data(label, data.encode() if isinstance(data, str) else data)
+
+        ch.on("open", opened)
+        ch.on("message", message)
+        ch.on("bufferedamountlow", self._low.set)
+        ch.on("close", self._low.set)
+        if ch.readyState == "open":
+            opened()
+
+    def _state_changed(self) -> None:
+        state = self.pc.connectionState
+        _log.debug("%s: connection %s", self.name, state)
+        if self._on_state is not None:
+            self._on_state(state)

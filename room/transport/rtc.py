@@ -1,0 +1,141 @@
+"""The client's WebRTC side: publisher and subscriber peer connections (AnyIO side).
+
+LiveKit's dual peer-connection arrangement: on the *publisher* connection we offer and
+the server answers; it carries the ``_reliable`` and ``_lossy`` data channels we send on.
+On the *subscriber* connection the server offers and we answer; the server opens its own
+pair of channels there to deliver other participants' packets. Candidates are embedded in
+aiortc's SDP and also trickled as LiveKit's JSON; the server's trickled candidates are
+added as they come. The peers themselves live on the aiortc loop (`room.transport.aio`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+from aiortc import RTCIceServer
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from livekit.protocol import rtc
+
+from room.transport.aio import aiortc_loop, call_soon_in_caller
+from room.transport.ice import candidate_to_json, sdp_candidates
+from room.transport.peer import LOSSY, RELIABLE, Peer
+
+__all__ = ["LOSSY", "RELIABLE", "RtcTransport"]
+
+_log = logging.getLogger(__name__)
+
+_PUBLISHER = rtc.SignalTarget.PUBLISHER
+_SUBSCRIBER = rtc.SignalTarget.SUBSCRIBER
+
+
+class RtcTransport:
+    """Both peer connections of one room connection.
+
+    ``send_signal`` sends a `SignalRequest`; ``on_packet(label, data)`` and
+    ``on_failure(message)`` are called on the caller's loop.
+    """
+
+    def __init__(
+        self, *, send_signal: Callable[[rtc.SignalRequest], Awaitable[None]],
+        on_packet: Callable[[str, bytes], None], on_failure: Callable[[str], None],
+        ice_servers: Sequence[RTCIceServer], host_addresses: Sequence[str] | None,
+        relay_only: bool = False,
+    ) -> None:
+        self._relay_only = relay_only
+        self._send_signal = send_signal
+        self._on_packet = on_packet
+        self._on_failure = on_failure
+        self._ice_servers = list(ice_servers)
+        self._host_addresses = host_addresses
+        self._loop = aiortc_loop()
+        self._publisher: Peer | None = None
+        self._subscriber: Peer | None = None
+        self._subscriber_ready = anyio.Event()
+        self._inbox: MemoryObjectSendStream[rtc.SignalResponse]
+        self._messages: MemoryObjectReceiveStream[rtc.SignalResponse]
+        self._inbox, self._messages = anyio.create_memory_object_stream[rtc.SignalResponse](
+            math.inf)
+        self._sdp_id = 0
+
+    async def start(self) -> None:
+        """Create both peers and offer the publisher connection."""
+        soon = call_soon_in_caller()
+
+        def on_data(label: str, data: bytes) -> None:
+            soon(lambda: self._on_packet(label, data))
+
+        def on_state(which: str) -> Callable[[str], None]:
+            def changed(state: str) -> None:
+                if state == "failed":
+                    soon(lambda: self._on_failure(f"{which} peer connection failed"))
+            return changed
+
+        async def make(name: str) -> Peer:
+            return Peer(name=name, ice_servers=self._ice_servers,
+                        host_addresses=self._host_addresses, on_data=on_data,
+                        on_state=on_state(name), relay_only=self._relay_only)
+
+        self._publisher = await self._loop.run(make, "publisher")
+        self._subscriber = await self._loop.run(make, "subscriber")
+        self._subscriber_ready.set()
+        sdp = await self._loop.run(self._publisher.offer_with_channels)
+        await self._send_description("offer", sdp, _PUBLISHER)
+
+    async def wait_ready(self) -> None:
+        """Until both connections carry open data channels (we can send and receive)."""
+        assert self._publisher is not None and self._subscriber is not None
+        await self._loop.run(self._publisher.wait_open, RELIABLE, LOSSY)
+        await self._loop.run(self._subscriber.wait_open, RELIABLE)
+
+    def post(self, msg: rtc.SignalResponse) -> None:
+        """Queue the server's ``offer``, ``answer`` or ``trickle`` (never blocks)."""
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._inbox.send_nowait(msg)
+
+    async def run(self) -> None:
+        """Handle queued negotiation messages strictly in order (a trickled candidate must
+        not overtake the description it belongs to)."""
+        await self._subscriber_ready.wait()
+        async for msg in self._messages:
+            await self._handle(msg)
+
+    async def _handle(self, msg: rtc.SignalResponse) -> None:
+        assert self._publisher is not None and self._subscriber is not None
+        which = msg.WhichOneof("message")
+        if which == "offer":
+            sdp = await self._loop.run(self._subscriber.answer, msg.offer.sdp)
+            await self._send_description("answer", sdp, _SUBSCRIBER, msg.offer.id)
+        elif which == "answer":
+            await self._loop.run(self._publisher.accept_answer, msg.answer.sdp)
+        elif which == "trickle":
+            peer = self._subscriber if msg.trickle.target == _SUBSCRIBER else self._publisher
+            await self._loop.run(peer.add_candidate, msg.trickle.candidateInit)
+
+    async def send(self, label: str, data: bytes) -> None:
+        """Send on our publisher channel ``label`` (waits while its queue is full)."""
+        if self._publisher is None:
+            raise ConnectionError("not connected")
+        await self._loop.run(self._publisher.send, label, data)
+
+    async def close(self) -> None:
+        self._inbox.close()
+        for peer in (self._publisher, self._subscriber):
+            if peer is not None:
+                await self._loop.run(peer.close)
+
+    async def _send_description(self, kind: str, sdp: str, target: rtc.SignalTarget.ValueType,
+                                sdp_id: int | None = None) -> None:
+        self._sdp_id += 1
+        desc = rtc.SessionDescription(type=kind, sdp=sdp,
+                                      id=sdp_id if sdp_id is not None else self._sdp_id)
+        await self._send_signal(rtc.SignalRequest(**{kind: desc}))
+        # LiveKit clients trickle; ours also rides in the SDP, so the server may use either.
+        candidates = sdp_candidates(sdp)
+        for i, candidate in enumerate(candidates):
+            await self._send_signal(rtc.SignalRequest(trickle=rtc.TrickleRequest(
+                candidateInit=candidate_to_json(candidate), target=target,
+                final=i == len(candidates) - 1)))
