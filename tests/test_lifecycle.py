@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import anyio
 import pytest
-from livekit.protocol import models, rtc
+from livekit.protocol import rtc
 
 import room
 from room.devserver import DevServer
-from room.devserver.http import HttpRequest, Reject, WebSocket, serve_connection
 from room.events import Disconnected, ParticipantAttributesChanged, ParticipantDisconnected
 from room.transport.signal import connect_signal
 from room.transport.url import signal_params
@@ -68,38 +66,11 @@ async def test_vanished_client_is_dropped_after_the_ping_timeout() -> None:
         assert srv.participants("r") == ["watcher"]
 
 
-@pytest.fixture
-async def deaf_server() -> AsyncIterator[str]:
-    """Joins everyone (ping interval 1 s, timeout 2 s) and then never answers a ping."""
-
-    async def on_request(request: HttpRequest) -> Reject | None:
-        return None
-
-    async def on_ws(request: HttpRequest, ws: WebSocket) -> None:
-        join = rtc.JoinResponse(
-            room=models.Room(sid="RM_x", name="deaf"),
-            participant=models.ParticipantInfo(sid="PA_me", identity="me"),
-            ping_interval=1, ping_timeout=2)
-        await ws.send(rtc.SignalResponse(join=join).SerializeToString())
-        while await ws.receive() is not None:
-            pass
-
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-
-    async def handle(stream: anyio.abc.SocketStream) -> None:
-        await serve_connection(stream, on_request, on_ws)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, handle)
-        yield f"ws://127.0.0.1:{port}"
-        tg.cancel_scope.cancel()
-    await listener.aclose()
-
-
-async def test_missing_pongs_end_the_room_with_a_reason(deaf_server: str) -> None:
-    async with room.Room.connect(deaf_server, "any-token") as r:
+async def test_missing_pongs_end_the_room_with_a_reason() -> None:
+    async with DevServer(ping_interval=1, ping_timeout=2) as srv, \
+            room.Room.connect(srv.url, srv.token("me", room="r")) as r:
         events = r.events()
+        await srv.simulate_partition("r", "me")  # the server goes silent, socket open
         started = time.monotonic()
         got = [ev async for ev in events]
         assert isinstance(got[-1], Disconnected)

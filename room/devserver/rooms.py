@@ -73,6 +73,8 @@ class Session:
         self.last_seen = anyio.current_time()
         self.ws: WebSocket | None = None  # set by the connection that owns the session
         self.rtc: SessionRtc | None = None  # its peer connections (same owner)
+        # A simulated network partition: nothing is sent to it or taken from it.
+        self.partitioned = False
 
     @property
     def identity(self) -> str:
@@ -84,7 +86,7 @@ class Session:
 
     def send(self, msg: rtc.SignalResponse) -> None:
         """Queue ``msg``; a participant too slow to keep up is disconnected."""
-        if self.closed.is_set():
+        if self.closed.is_set() or self.partitioned:
             return
         try:
             self.outbox.send_nowait(msg)

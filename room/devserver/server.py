@@ -152,6 +152,16 @@ class DevServer:
         r.leave(session, models.DisconnectReason.PARTICIPANT_REMOVED, notify_self=True)
         self._forget_if_empty(r)
 
+    async def simulate_partition(self, room: str, identity: str) -> None:
+        """Stop talking to ``identity`` without closing its connection, as if the network
+        between it and the server went silent: nothing is sent to it, whatever it sends is
+        ignored, and it is not dropped for silence. For testing clients' keepalive.
+        Raises LookupError if absent."""
+        session = self._room(room).sessions.get(identity)
+        if session is None:
+            raise LookupError(f"no participant {identity!r} in room {room!r}")
+        session.partitioned = True
+
     def _room(self, name: str) -> DevRoom:
         r = self._rooms.get(name)
         if r is None:
@@ -285,6 +295,8 @@ class DevServer:
             if data is None:
                 session.close(models.DisconnectReason.SIGNAL_CLOSE)
                 return
+            if session.partitioned:
+                continue
             session.last_seen = anyio.current_time()
             if isinstance(data, str):
                 _log.warning("dev server: %s sent a text frame; ignored", session.identity)
@@ -330,7 +342,7 @@ class DevServer:
     async def _watchdog(self, session: Session) -> None:
         while not session.closed.is_set():
             silent = anyio.current_time() - session.last_seen
-            if silent > self.ping_timeout:
+            if silent > self.ping_timeout and not session.partitioned:
                 _log.info("dev server: %s silent for %.1f s; dropping it",
                           session.identity, silent)
                 session.close(models.DisconnectReason.CONNECTION_TIMEOUT)

@@ -1,0 +1,145 @@
+"""Network namespaces for interop tests with libwebrtc.
+
+libwebrtc (the official SDKs) ignores loopback interfaces, so it gathers no ICE candidate on
+127.0.0.1. ``netns()`` makes a private network namespace holding a veth pair with both ends
+inside it: processes run there (``ns.popen``) reach each other over the two veth addresses,
+which libwebrtc treats as ordinary interfaces, and no packet leaves the namespace.
+
+Needs root and ``ip`` (Debian package ``iproute2``); ``netns_unavailable()`` says why not.
+``python -m tests.netns`` checks that TCP works between the two addresses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SERVER_IF = "veth-srv"
+CLIENT_IF = "veth-cli"
+
+
+@dataclass
+class NetNs:
+    """A live namespace; processes started with ``popen`` are ended when it is deleted."""
+
+    name: str
+    server_ip: str
+    client_ip: str
+    server_if: str = SERVER_IF
+    client_if: str = CLIENT_IF
+    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` prefixed so that it runs inside the namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` inside the namespace (``ip netns exec`` execs it: same PID)."""
+        proc: subprocess.Popen[Any] = subprocess.Popen(self.argv(argv), **kw)
+        self.procs.append(proc)
+        return proc
+
+    def run(self, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside the namespace to completion; raises if it fails."""
+        return subprocess.run(self.argv(argv), capture_output=True, text=True, check=True,
+                              timeout=timeout)
+
+
+def _ip(*args: str) -> None:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    if res.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)} failed: {res.stderr.strip() or res.returncode}")
+
+
+def _stop(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(grace)
+
+
+@contextlib.contextmanager
+def netns() -> Iterator[NetNs]:
+    """A fresh namespace with ``lo`` up and a veth pair 10.231.N.1/24 <-> 10.231.N.2/24."""
+    name = f"roomtest-{os.getpid()}-{secrets.token_hex(3)}"
+    subnet = random.randint(1, 254)
+    ns = NetNs(name=name, server_ip=f"10.231.{subnet}.1", client_ip=f"10.231.{subnet}.2")
+    _ip("netns", "add", name)
+    try:
+        _ip("-n", name, "link", "set", "lo", "up")
+        _ip("-n", name, "link", "add", SERVER_IF, "type", "veth", "peer", "name", CLIENT_IF)
+        for dev, addr in ((SERVER_IF, ns.server_ip), (CLIENT_IF, ns.client_ip)):
+            # No IPv6 link-local address: it would only add useless ICE candidates.
+            with contextlib.suppress(RuntimeError):
+                _ip("-n", name, "link", "set", "dev", dev, "addrgenmode", "none")
+            _ip("-n", name, "addr", "add", f"{addr}/24", "dev", dev)
+            _ip("-n", name, "link", "set", dev, "up")
+        yield ns
+    finally:
+        for proc in reversed(ns.procs):
+            with contextlib.suppress(Exception):
+                _stop(proc)
+        # Deleting the namespace also deletes the veth pair inside it.
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
+
+
+@functools.cache
+def netns_unavailable() -> str | None:
+    """Why ``netns()`` cannot work here (a pytest skip reason), or None if it can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "`ip` not found (Debian package iproute2)"
+    try:
+        with netns():
+            pass
+    except Exception as exc:
+        return f"cannot create a network namespace: {exc}"
+    return None
+
+
+def _self_check() -> None:
+    """HTTP between the two veth addresses, inside a fresh namespace."""
+    import sys
+    import time
+
+    reason = netns_unavailable()
+    if reason is not None:
+        raise SystemExit(f"unavailable: {reason}")
+    with netns() as ns:
+        server = ns.popen([sys.executable, "-m", "http.server", "--bind", ns.server_ip, "8000"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        fetch = (  # from the client address to the server address
+            "import http.client\n"
+            f"c = http.client.HTTPConnection('{ns.server_ip}', 8000, timeout=2,"
+            f" source_address=('{ns.client_ip}', 0))\n"
+            "c.request('GET', '/')\n"
+            "print(c.getresponse().status, c.sock.getsockname()[0])\n"
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                out = ns.run([sys.executable, "-c", fetch]).stdout.strip()
+                break
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        addrs = ns.run(["ip", "-4", "-brief", "addr"]).stdout
+        print(f"{ns.name}: GET http://{ns.server_ip}:8000/ -> {out}\n{addrs}", end="")
+
+
+if __name__ == "__main__":
+    _self_check()
