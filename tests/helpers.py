@@ -43,3 +43,15 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(0.01)
+
+
+async def aiortc_tasks() -> int:
+    """How many tasks are alive on the aiortc loop (besides the one counting)."""
+    import asyncio
+
+    from room.transport.aio import aiortc_loop
+
+    async def count() -> int:
+        return len(asyncio.all_tasks()) - 1
+
+    return await aiortc_loop().run(count)

@@ -125,8 +125,10 @@ def _self_check() -> None:
             "import http.client\n"
             f"c = http.client.HTTPConnection('{ns.server_ip}', 8000, timeout=2,"
             f" source_address=('{ns.client_ip}', 0))\n"
+            "c.connect()\n"
+            "src = c.sock.getsockname()[0]\n"
             "c.request('GET', '/')\n"
-            "print(c.getresponse().status, c.sock.getsockname()[0])\n"
+            "print(c.getresponse().status, 'from', src)\n"
         )
         deadline = time.monotonic() + 10
         while True:

@@ -9,6 +9,7 @@ invoked on the aiortc loop and must hop to their own loop themselves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
@@ -23,15 +24,15 @@ from aiortc import (
 
 from room.transport.ice import candidate_from_json, use_host_addresses
 
-__all__ = ["LOSSY", "RELIABLE", "Peer"]
+__all__ = ["HIGH_WATER", "LOSSY", "LOW_WATER", "RELIABLE", "Peer"]
 
 _log = logging.getLogger(__name__)
 
 RELIABLE = "_reliable"
 LOSSY = "_lossy"
 # Sending waits while this much is queued in a data channel (flow control).
-_HIGH_WATER = 1 << 20
-_LOW_WATER = 256 * 1024
+HIGH_WATER = 1 << 20
+LOW_WATER = 256 * 1024
 
 OnData = Callable[[str, bytes], None]
 OnState = Callable[[str], None]
@@ -53,6 +54,8 @@ class Peer:
         self._opened: dict[str, asyncio.Event] = {RELIABLE: asyncio.Event(),
                                                    LOSSY: asyncio.Event()}
         self._low = asyncio.Event()
+        self._posted = 0
+        self._delivered = 0
         self._closed = False
         self.pc = RTCPeerConnection(RTCConfiguration(
             iceServers=list(ice_servers) or None,
@@ -102,17 +105,35 @@ class Peer:
         ch = self._channels.get(label)
         return ch is not None and ch.readyState == "open"
 
-    async def send(self, label: str, data: bytes) -> None:
-        """Send on ``label``, waiting while the channel's queue is above the high mark."""
+    # Sending from another thread without a round trip per packet: the caller counts what
+    # it posts (`note_posted`, caller's thread only), `deliver` counts what reached the
+    # channel (aiortc thread only); their difference plus the channel's own queue is the
+    # backlog the caller throttles on.
+
+    def backlog(self, label: str) -> int:
         ch = self._channels.get(label)
-        if ch is None or ch.readyState != "open":
-            raise ConnectionError(f"data channel {label} is not open")
-        while ch.bufferedAmount > _HIGH_WATER:
+        queued = ch.bufferedAmount if ch is not None else 0
+        return self._posted - self._delivered + queued
+
+    def note_posted(self, size: int) -> None:
+        self._posted += size
+
+    def deliver(self, label: str, data: bytes) -> None:
+        """Put a posted packet on the channel (runs on the aiortc loop, in post order)."""
+        self._delivered += len(data)
+        ch = self._channels.get(label)
+        if ch is not None and ch.readyState == "open":
+            ch.send(data)
+        else:
+            _log.warning("%s: %d-byte packet for closed channel %s dropped",
+                         self.name, len(data), label)
+
+    async def wait_backlog_below(self, label: str, limit: int) -> None:
+        """Until the backlog of ``label`` is at most ``limit`` (or the channel closed)."""
+        while self.backlog(label) > limit and self.is_open(label):
             self._low.clear()
-            await self._low.wait()
-            if ch.readyState != "open":
-                raise ConnectionError(f"data channel {label} closed")
-        ch.send(data)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._low.wait(), 0.05)
 
     def send_nowait(self, label: str, data: bytes) -> bool:
         """Send without waiting (for forwarding); False if the channel is not open."""
@@ -136,7 +157,7 @@ class Peer:
             _log.debug("%s: ignoring data channel %r", self.name, label)
             return
         self._channels[label] = ch
-        ch.bufferedAmountLowThreshold = _LOW_WATER
+        ch.bufferedAmountLowThreshold = LOW_WATER
 
         def opened() -> None:
             self._opened[label].set()

@@ -16,13 +16,14 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
+import anyio.lowlevel
 from aiortc import RTCIceServer
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from livekit.protocol import rtc
 
 from room.transport.aio import aiortc_loop, call_soon_in_caller
 from room.transport.ice import candidate_to_json, sdp_candidates
-from room.transport.peer import LOSSY, RELIABLE, Peer
+from room.transport.peer import HIGH_WATER, LOSSY, LOW_WATER, RELIABLE, Peer
 
 __all__ = ["LOSSY", "RELIABLE", "RtcTransport"]
 
@@ -116,10 +117,18 @@ class RtcTransport:
             await self._loop.run(peer.add_candidate, msg.trickle.candidateInit)
 
     async def send(self, label: str, data: bytes) -> None:
-        """Send on our publisher channel ``label`` (waits while its queue is full)."""
-        if self._publisher is None:
-            raise ConnectionError("not connected")
-        await self._loop.run(self._publisher.send, label, data)
+        """Send on our publisher channel ``label``, in call order; waits only while more
+        than HIGH_WATER bytes are queued (no thread round trip per packet)."""
+        await anyio.lowlevel.checkpoint()
+        pub = self._publisher
+        if pub is None or not pub.is_open(label):
+            raise ConnectionError(f"data channel {label} is not open")
+        if pub.backlog(label) > HIGH_WATER:
+            await self._loop.run(pub.wait_backlog_below, label, LOW_WATER)
+            if not pub.is_open(label):
+                raise ConnectionError(f"data channel {label} closed")
+        pub.note_posted(len(data))
+        self._loop.call_soon(pub.deliver, label, data)
 
     async def close(self) -> None:
         self._inbox.close()

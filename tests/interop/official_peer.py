@@ -1,0 +1,191 @@
+"""A participant driven over JSON lines, built on the official LiveKit SDK (``livekit.rtc``).
+
+Usage: ``python tests/interop/official_peer.py URL TOKEN [--connect-timeout S]
+[--dual-pc] [--log-level LEVEL]``
+
+It connects, then writes one JSON object per line to stdout (events) and reads one per line
+from stdin (commands). Events: ``connected`` (identity, participants),
+``participant_connected``, ``participant_disconnected``, ``participant_metadata_changed``
+(identity, old, new), ``data_received`` (data_b64, kind reliable|lossy, topic, from),
+``sip_dtmf_received`` (code, digit, from), ``reconnecting``, ``reconnected``,
+``disconnected`` (reason), ``error`` (message); every command is answered by ``ok`` (id) or
+``failed`` (id, message). Commands (each with an ``id``): ``publish_data`` (data_b64,
+reliable, topic, destinations), ``publish_dtmf`` (code, digit), ``set_metadata``
+(metadata), ``quit``. It leaves the room and exits on ``quit``, on stdin EOF and when the
+room disconnects; a failed connect prints an ``error`` event and exits 1.
+
+Logs go to stderr (``--log-level DEBUG``; with ``LIVEKIT_RTC_DEBUG=1`` the SDK's Rust and
+libwebrtc debug records are included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import sys
+import threading
+from typing import Any
+
+from livekit import rtc
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def _identity(participant: rtc.Participant | None) -> str | None:
+    return participant.identity if participant is not None else None
+
+
+def _read_stdin(loop: asyncio.AbstractEventLoop, commands: asyncio.Queue[str | None]) -> None:
+    for line in sys.stdin:
+        loop.call_soon_threadsafe(commands.put_nowait, line)
+    loop.call_soon_threadsafe(commands.put_nowait, None)
+
+
+def _watch(room: rtc.Room, gone: asyncio.Event) -> None:
+    @room.on("participant_connected")
+    def _(p: rtc.RemoteParticipant) -> None:
+        emit("participant_connected", identity=p.identity)
+
+    @room.on("participant_disconnected")
+    def _(p: rtc.RemoteParticipant) -> None:
+        emit("participant_disconnected", identity=p.identity)
+
+    @room.on("participant_metadata_changed")
+    def _(p: rtc.Participant, old: str, new: str) -> None:
+        emit("participant_metadata_changed", identity=p.identity, old=old, new=new)
+
+    @room.on("data_received")
+    def _(packet: rtc.DataPacket) -> None:
+        kind = "reliable" if packet.kind == rtc.DataPacketKind.KIND_RELIABLE else "lossy"
+        emit("data_received", data_b64=base64.b64encode(packet.data).decode(), kind=kind,
+             topic=packet.topic, **{"from": _identity(packet.participant)})
+
+    @room.on("sip_dtmf_received")
+    def _(dtmf: rtc.SipDTMF) -> None:
+        emit("sip_dtmf_received", code=dtmf.code, digit=dtmf.digit,
+             **{"from": _identity(dtmf.participant)})
+
+    @room.on("reconnecting")
+    def _() -> None:
+        emit("reconnecting")
+
+    @room.on("reconnected")
+    def _() -> None:
+        emit("reconnected")
+
+    @room.on("disconnected")
+    def _(reason: int) -> None:
+        try:
+            name = rtc.DisconnectReason.Name(reason)  # type: ignore[arg-type]
+        except ValueError:
+            name = str(reason)
+        emit("disconnected", reason=name)
+        gone.set()
+
+
+async def _run_command(room: rtc.Room, cmd: dict[str, Any]) -> None:
+    cid = cmd.get("id")
+    name = cmd.get("cmd")
+    lp = room.local_participant
+    try:
+        if name == "publish_data":
+            await lp.publish_data(
+                base64.b64decode(cmd["data_b64"]),
+                reliable=bool(cmd.get("reliable", True)),
+                destination_identities=list(cmd.get("destinations") or []),
+                topic=cmd.get("topic") or "",
+            )
+        elif name == "publish_dtmf":
+            await lp.publish_dtmf(code=int(cmd["code"]), digit=str(cmd["digit"]))
+        elif name == "set_metadata":
+            await lp.set_metadata(str(cmd["metadata"]))
+        else:
+            raise ValueError(f"unknown command {name!r}")
+    except Exception as exc:
+        emit("failed", id=cid, message=f"{type(exc).__name__}: {exc}")
+    else:
+        emit("ok", id=cid)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[str | None] = asyncio.Queue()
+    gone = asyncio.Event()
+    room = rtc.Room()
+    _watch(room, gone)
+    options = rtc.RoomOptions(connect_timeout=args.connect_timeout)
+    if args.dual_pc:
+        options.single_peer_connection = False
+    try:
+        await room.connect(args.url, args.token, options)
+    except Exception as exc:
+        emit("error", message=f"connect failed: {type(exc).__name__}: {exc}")
+        return 1
+    emit("connected", identity=room.local_participant.identity,
+         participants=sorted(room.remote_participants))
+
+    threading.Thread(target=_read_stdin, args=(loop, commands), daemon=True).start()
+    running: set[asyncio.Task[None]] = set()
+    gone_wait = asyncio.ensure_future(gone.wait())
+    while True:
+        next_line = asyncio.ensure_future(commands.get())
+        await asyncio.wait({next_line, gone_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not next_line.done():
+            next_line.cancel()
+            break  # the room disconnected
+        line = next_line.result()
+        if line is None:
+            break  # stdin closed
+        if not line.strip():
+            continue
+        try:
+            cmd = json.loads(line)
+            if not isinstance(cmd, dict):
+                raise ValueError("a command is a JSON object")
+        except ValueError as exc:
+            emit("error", message=f"bad command line: {exc}")
+            continue
+        if cmd.get("cmd") == "quit":
+            emit("ok", id=cmd.get("id"))
+            break
+        # One task per command, started in order: the SDK queues each request before its
+        # first await, so packets keep the order of the command lines.
+        task = asyncio.create_task(_run_command(room, cmd))
+        running.add(task)
+        task.add_done_callback(running.discard)
+    gone_wait.cancel()
+    for task in running:
+        task.cancel()
+    if not gone.is_set():
+        try:
+            await asyncio.wait_for(room.disconnect(), 10)
+        except Exception as exc:
+            emit("error", message=f"disconnect failed: {type(exc).__name__}: {exc}")
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("url")
+    parser.add_argument("token")
+    parser.add_argument("--connect-timeout", type=float, default=None,
+                        help="seconds for each signal connection attempt (SDK default 5)")
+    parser.add_argument("--dual-pc", action="store_true",
+                        help="ask for two peer connections (skip /rtc/v1)")
+    parser.add_argument("--log-level", default="WARNING", help="stderr logging level")
+    args = parser.parse_args()
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    code = asyncio.run(amain(args))
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
