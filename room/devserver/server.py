@@ -245,7 +245,10 @@ class DevServer:
             _log.info("dev server: %s left %s", grants.identity, grants.room)
 
     def _relay(self, room: DevRoom, sender: Session, label: str, data: bytes) -> None:
-        """Stamp a packet from ``sender`` with its identity and deliver it (or drop it)."""
+        """Stamp a packet from ``sender`` with its identity and deliver it (or drop it).
+
+        Runs on the aiortc loop (see `room.devserver.webrtc`): it only reads the room's
+        membership, taking a snapshot of it, and writes nothing the server's loop owns."""
         if sender.closed.is_set():
             return
         if not sender.grants.can_publish_data:

@@ -19,8 +19,10 @@ docs/trio-bridge.md and ``python -m bench.bridge``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
@@ -39,6 +41,40 @@ P = ParamSpec("P")
 _CANCEL_GRACE = 5.0
 
 
+class _Mailbox:
+    """Batches cross-thread calls: callbacks queue up in a deque and one wakeup of the
+    target loop runs all that are there. Under load this turns one self-pipe write and
+    one loop wakeup per packet into one per batch. FIFO; never blocks the poster."""
+
+    def __init__(self, wake: Callable[[Callable[[], None]], None]) -> None:
+        self._wake = wake
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def post(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._queue.append(fn)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._wake(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._scheduled = False
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+            for fn in batch:
+                try:
+                    fn()
+                except Exception:
+                    _log.exception("cross-thread callback failed")
+
+
 def call_soon_in_caller() -> Callable[[Callable[[], None]], None]:
     """A thread-safe, non-blocking "run this soon" for the current AnyIO event loop."""
     library = sniffio.current_async_library()
@@ -53,7 +89,7 @@ def call_soon_in_caller() -> Callable[[Callable[[], None]], None]:
             except trio.RunFinishedError:
                 _log.debug("caller's trio run has finished; callback dropped")
 
-        return trio_soon
+        return _Mailbox(trio_soon).post
     loop = asyncio.get_running_loop()
 
     def asyncio_soon(fn: Callable[[], None]) -> None:
@@ -62,7 +98,7 @@ def call_soon_in_caller() -> Callable[[Callable[[], None]], None]:
         except RuntimeError:  # loop closed
             _log.debug("caller's asyncio loop is closed; callback dropped")
 
-    return asyncio_soon
+    return _Mailbox(asyncio_soon).post
 
 
 class AiortcLoop:
@@ -72,13 +108,16 @@ class AiortcLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._mailbox: _Mailbox | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
                 ready = threading.Event()
-                loop = asyncio.new_event_loop()
+                # A plain selector loop, whatever event-loop policy the program installed
+                # (trio-asyncio's, for one, cannot run in another thread).
+                loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop()
 
                 def main() -> None:
                     asyncio.set_event_loop(loop)
@@ -100,7 +139,10 @@ class AiortcLoop:
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run the plain function ``fn(*args)`` on the aiortc loop soon (FIFO)."""
-        self.loop.call_soon_threadsafe(fn, *args)
+        if self._mailbox is None:
+            loop = self.loop
+            self._mailbox = _Mailbox(lambda f: loop.call_soon_threadsafe(f))
+        self._mailbox.post(lambda: fn(*args))
 
     async def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args)`` on the aiortc loop and return its result to the AnyIO caller."""
@@ -122,7 +164,29 @@ async def _as_coro(aw: Awaitable[T]) -> T:
     return await aw
 
 
-_shared = AiortcLoop()
+class InlineAiortcLoop(AiortcLoop):
+    """The rejected alternative, kept for measurement: aiortc on the caller's own asyncio
+    loop (no thread). Works only when every room and server in the process runs on one
+    asyncio loop; selected by ``ROOM_AIORTC=inline`` (see ``python -m bench.bridge``)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    def in_loop_thread(self) -> bool:
+        return True
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        asyncio.get_running_loop().call_soon(fn, *args)
+
+    async def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        if sniffio.current_async_library() != "asyncio":
+            raise RuntimeError("ROOM_AIORTC=inline works only on the asyncio backend")
+        return await fn(*args, **kwargs)
+
+
+_shared: AiortcLoop = (InlineAiortcLoop() if os.environ.get("ROOM_AIORTC") == "inline"
+                       else AiortcLoop())
 
 
 def aiortc_loop() -> AiortcLoop:

@@ -39,10 +39,12 @@ class PeerError(RuntimeError):
 
 
 class Peer:
-    def __init__(self, proc: subprocess.Popen[str], name: str = "peer") -> None:
+    def __init__(self, proc: subprocess.Popen[str], name: str = "peer",
+                 stderr_path: Path | None = None) -> None:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         self.proc = proc
         self.name = name
+        self.stderr_path = stderr_path  # all of the peer's stderr (logs) is copied here
         self.history: list[Event] = []  # every event, in order of arrival
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=200)
         self._backlog: list[Event] = []  # arrived, not yet taken by expect()
@@ -54,13 +56,18 @@ class Peer:
 
     @classmethod
     def start(cls, ns: NetNs, url: str, token: str, *, args: list[str] | None = None,
-              env: dict[str, str] | None = None, name: str = "peer") -> Peer:
-        """Run official_peer.py inside ``ns`` (``ns`` stops it at the latest on exit)."""
+              env: dict[str, str] | None = None, name: str = "peer",
+              stderr_path: Path | None = None) -> Peer:
+        """Run official_peer.py inside ``ns`` (``ns`` stops it at the latest on exit).
+
+        ``args``: e.g. ``["--log-level", "DEBUG"]``, ``["--dual-pc"]``; ``env``: the whole
+        environment (e.g. ``{**os.environ, "LIVEKIT_RTC_DEBUG": "1"}``).
+        """
         argv = [sys.executable, str(OFFICIAL_PEER), url, token, *(args or [])]
         proc: subprocess.Popen[str] = ns.popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, bufsize=1, env=env)
-        return cls(proc, name)
+        return cls(proc, name, stderr_path)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -74,8 +81,16 @@ class Peer:
         self._queue.put(None)
 
     def _read_stderr(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.stderr_tail.append(line.rstrip("\n"))
+        copy = open(self.stderr_path, "a") if self.stderr_path else None  # noqa: SIM115
+        try:
+            for line in stream:
+                self.stderr_tail.append(line.rstrip("\n"))
+                if copy is not None:
+                    copy.write(line)
+                    copy.flush()
+        finally:
+            if copy is not None:
+                copy.close()
 
     def _take(self, event: str, match: dict[str, Any]) -> Event | None:
         """Move what has arrived into the backlog; remove and return the first match."""
