@@ -18,8 +18,8 @@ from types import MappingProxyType, TracebackType
 from urllib.parse import urlsplit
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
 from aiortc import RTCIceServer
+from anyio.abc import TaskGroup, TaskStatus
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
@@ -40,10 +40,10 @@ from room.events.hub import EventHub, Subscription
 from room.options import IceTransportType, RoomOptions, RtcConfiguration
 from room.participant import LocalParticipant, RemoteParticipant
 from room.state import RoomState
-from room.transport.keepalive import Keepalive
-from room.transport.signal import SignalClosed, SignalConnection, connect_signal
 from room.transport.ice import host_addresses_for
+from room.transport.keepalive import Keepalive
 from room.transport.rtc import LOSSY, RELIABLE, RtcTransport
+from room.transport.signal import SignalClosed, SignalConnection, connect_signal
 from room.transport.url import signal_params
 from room.types import ConnectionState, DataPacketKind, DisconnectReason
 

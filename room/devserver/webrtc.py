@@ -12,6 +12,7 @@ latency a packet sees, which is what bounds SCTP throughput here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -52,10 +53,8 @@ class SessionRtc:
 
     def post(self, req: rtc.SignalRequest) -> None:
         """Queue an ``offer``, ``answer`` or ``trickle`` from the client (never blocks)."""
-        try:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._inbox.send_nowait(req)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
 
     async def run(self) -> None:
         """Offer the subscriber connection, then handle negotiation messages in order."""
@@ -99,12 +98,13 @@ class SessionRtc:
             if peer is not None:
                 await self._loop.run(peer.close)
 
-    def _describe(self, kind: str, sdp: str, target: rtc.SignalTarget.ValueType,
+    def _describe(self, kind: str, sdp: str, target: rtc.SignalTarget,
                   sdp_id: int | None = None) -> None:
         self._sdp_id += 1
         desc = rtc.SessionDescription(type=kind, sdp=sdp,
                                       id=sdp_id if sdp_id is not None else self._sdp_id)
-        self._send(rtc.SignalResponse(**{kind: desc}))
+        self._send(rtc.SignalResponse(offer=desc) if kind == "offer"
+                   else rtc.SignalResponse(answer=desc))
         for candidate in sdp_candidates(sdp):
             self._send(rtc.SignalResponse(trickle=rtc.TrickleRequest(
                 candidateInit=candidate_to_json(candidate), target=target)))

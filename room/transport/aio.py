@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
 import os
 import threading
@@ -46,7 +45,7 @@ class _Mailbox:
     target loop runs all that are there. Under load this turns one self-pipe write and
     one loop wakeup per packet into one per batch. FIFO; never blocks the poster."""
 
-    def __init__(self, wake: Callable[[Callable[[], None]], None]) -> None:
+    def __init__(self, wake: Callable[[Callable[[], None]], object]) -> None:
         self._wake = wake
         self._queue: collections.deque[Callable[[], None]] = collections.deque()
         self._lock = threading.Lock()
@@ -130,18 +129,13 @@ class AiortcLoop:
                 self._loop = loop
             return self._loop
 
-    def in_loop_thread(self) -> bool:
-        return self._thread is not None and threading.current_thread() is self._thread
-
-    def submit(self, coro: Awaitable[T]) -> concurrent.futures.Future[T]:
-        """Start ``coro`` on the aiortc loop from any thread (fire and track)."""
-        return asyncio.run_coroutine_threadsafe(_as_coro(coro), self.loop)
-
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run the plain function ``fn(*args)`` on the aiortc loop soon (FIFO)."""
         if self._mailbox is None:
             loop = self.loop
-            self._mailbox = _Mailbox(lambda f: loop.call_soon_threadsafe(f))
+            with self._lock:
+                if self._mailbox is None:
+                    self._mailbox = _Mailbox(loop.call_soon_threadsafe)
         self._mailbox.post(lambda: fn(*args))
 
     async def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -172,9 +166,6 @@ class InlineAiortcLoop(AiortcLoop):
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
-
-    def in_loop_thread(self) -> bool:
-        return True
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         asyncio.get_running_loop().call_soon(fn, *args)

@@ -13,7 +13,6 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
-from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
@@ -21,6 +20,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from room.transport.ice import candidate_from_json, use_host_addresses
 

@@ -136,12 +136,13 @@ class RtcTransport:
             if peer is not None:
                 await self._loop.run(peer.close)
 
-    async def _send_description(self, kind: str, sdp: str, target: rtc.SignalTarget.ValueType,
+    async def _send_description(self, kind: str, sdp: str, target: rtc.SignalTarget,
                                 sdp_id: int | None = None) -> None:
         self._sdp_id += 1
         desc = rtc.SessionDescription(type=kind, sdp=sdp,
                                       id=sdp_id if sdp_id is not None else self._sdp_id)
-        await self._send_signal(rtc.SignalRequest(**{kind: desc}))
+        await self._send_signal(rtc.SignalRequest(offer=desc) if kind == "offer"
+                                else rtc.SignalRequest(answer=desc))
         # LiveKit clients trickle; ours also rides in the SDP, so the server may use either.
         candidates = sdp_candidates(sdp)
         for i, candidate in enumerate(candidates):

@@ -30,6 +30,7 @@ import anyio
 from tests.netns import NetNs
 
 OFFICIAL_PEER = Path(__file__).with_name("official_peer.py")
+ROOM_PEER = Path(__file__).with_name("room_peer.py")
 
 Event = dict[str, Any]
 
@@ -57,13 +58,13 @@ class Peer:
     @classmethod
     def start(cls, ns: NetNs, url: str, token: str, *, args: list[str] | None = None,
               env: dict[str, str] | None = None, name: str = "peer",
-              stderr_path: Path | None = None) -> Peer:
+              stderr_path: Path | None = None, script: Path | None = None) -> Peer:
         """Run official_peer.py inside ``ns`` (``ns`` stops it at the latest on exit).
 
         ``args``: e.g. ``["--log-level", "DEBUG"]``, ``["--dual-pc"]``; ``env``: the whole
         environment (e.g. ``{**os.environ, "LIVEKIT_RTC_DEBUG": "1"}``).
         """
-        argv = [sys.executable, str(OFFICIAL_PEER), url, token, *(args or [])]
+        argv = [sys.executable, str(script or OFFICIAL_PEER), url, token, *(args or [])]
         proc: subprocess.Popen[str] = ns.popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, bufsize=1, env=env)

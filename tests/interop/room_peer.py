@@ -1,0 +1,116 @@
+"""The `room` counterpart of official_peer.py: same JSON-lines protocol, our client.
+
+    python tests/interop/room_peer.py URL TOKEN [--backend asyncio|trio]
+
+Events on stdout, commands on stdin, exactly as official_peer.py (see its docstring), so
+one test can drive either side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+import room
+from room.events import (
+    DataReceived,
+    Disconnected,
+    ParticipantConnected,
+    ParticipantDisconnected,
+    ParticipantMetadataChanged,
+    SipDTMFReceived,
+)
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+async def watch(r: room.Room) -> None:
+    async for ev in r.events():
+        match ev:
+            case ParticipantConnected(participant=p):
+                emit("participant_connected", identity=p.identity)
+            case ParticipantDisconnected(participant=p):
+                emit("participant_disconnected", identity=p.identity)
+            case ParticipantMetadataChanged(participant=p, old_metadata=old, new_metadata=new):
+                emit("participant_metadata_changed", identity=p.identity, old=old, new=new)
+            case DataReceived(packet=pkt):
+                emit("data_received", data_b64=base64.b64encode(pkt.data).decode(),
+                     kind="lossy" if pkt.kind is room.DataPacketKind.LOSSY else "reliable",
+                     topic=pkt.topic,
+                     **{"from": pkt.participant.identity if pkt.participant else None})
+            case SipDTMFReceived(dtmf=d):
+                emit("sip_dtmf_received", code=d.code, digit=d.digit,
+                     **{"from": d.participant.identity if d.participant else None})
+            case Disconnected(reason=reason):
+                emit("disconnected", reason=reason.name)
+
+
+async def run_command(r: room.Room, cmd: dict[str, Any]) -> None:
+    cid = cmd.get("id")
+    me = r.local_participant
+    try:
+        match cmd.get("cmd"):
+            case "publish_data":
+                await me.publish_data(base64.b64decode(cmd["data_b64"]),
+                                      reliable=bool(cmd.get("reliable", True)),
+                                      destination_identities=cmd.get("destinations") or (),
+                                      topic=cmd.get("topic"))
+            case "publish_dtmf":
+                await me.publish_dtmf(code=int(cmd["code"]), digit=str(cmd["digit"]))
+            case "set_metadata":
+                await me.set_metadata(str(cmd["metadata"]))
+            case other:
+                raise ValueError(f"unknown command {other!r}")
+    except Exception as exc:
+        emit("failed", id=cid, message=f"{type(exc).__name__}: {exc}")
+    else:
+        emit("ok", id=cid)
+
+
+async def amain(url: str, token: str) -> int:
+    try:
+        async with room.Room.connect(url, token) as r:
+            emit("connected", identity=r.local_participant.identity,
+                 participants=sorted(r.remote_participants))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch, r)
+                while True:
+                    line = await anyio.to_thread.run_sync(sys.stdin.readline,
+                                                          abandon_on_cancel=True)
+                    if not line:
+                        break  # stdin closed
+                    if not line.strip():
+                        continue
+                    cmd = json.loads(line)
+                    if cmd.get("cmd") == "quit":
+                        emit("ok", id=cmd.get("id"))
+                        break
+                    # Commands run one after another, so packets keep the command order.
+                    await run_command(r, cmd)
+                tg.cancel_scope.cancel()
+    except room.ConnectError as exc:
+        emit("error", message=f"connect failed: {exc}")
+        return 1
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("url")
+    parser.add_argument("token")
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    args = parser.parse_args()
+    sys.exit(anyio.run(amain, args.url, args.token, backend=args.backend))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The official LiveKit SDK (PyPI ``livekit``, Rust/libwebrtc) and `room` in one room.
+
+libwebrtc ignores loopback interfaces, so everything runs inside a network namespace this
+test creates (a veth pair, both ends inside it): the dev server (``python -m room serve``
+on the veth address), official SDK clients (tests/interop/official_peer.py) and `room`
+clients (tests/interop/room_peer.py, on asyncio or trio). Needs root; skipped otherwise.
+Processes are subprocesses, so these tests are backend-neutral themselves; the `room`
+side is parametrized over both backends instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from room.devserver.auth import mint_token
+from tests.interop.peer import ROOM_PEER, Peer
+from tests.netns import NetNs, netns, netns_unavailable
+
+_reason = netns_unavailable()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=str(_reason))
+
+PORT = 7880
+KEY, SECRET = "devkey", "secret"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[NetNs, str]]:
+    with netns() as ns:
+        proc = ns.popen([sys.executable, "-m", "room", "serve", "--host", ns.server_ip,
+                         "--port", str(PORT)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the URL line: it is listening
+        assert "ws://" in line, line
+        yield ns, f"ws://{ns.server_ip}:{PORT}"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def start(server: tuple[NetNs, str], identity: str, room: str, backend: str | None) -> Peer:
+    ns, url = server
+    token = mint_token(KEY, SECRET, identity, room=room)
+    if backend is None:
+        peer = Peer.start(ns, url, token, name=identity)
+    else:
+        peer = Peer.start(ns, url, token, name=identity, script=ROOM_PEER,
+                          args=["--backend", backend])
+    peer.expect("connected", timeout=30)
+    return peer
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_official_sdk_and_room_exchange_data_both_ways(
+        server: tuple[NetNs, str], backend: str) -> None:
+    room_name = f"interop-{backend}"
+    lk = start(server, "lk", room_name, None)
+    rm = start(server, "rm", room_name, backend)
+    try:
+        lk.expect("participant_connected", identity="rm", timeout=10)
+        # official -> room: reliable with a topic, lossy, DTMF
+        lk.request("publish_data", data_b64=b64(b"from lk"), reliable=True, topic="chat",
+                   destinations=[])
+        ev = rm.expect("data_received", from_="lk", topic="chat", timeout=10)
+        assert (base64.b64decode(ev["data_b64"]), ev["kind"]) == (b"from lk", "reliable")
+        for i in range(20):
+            lk.request("publish_data", data_b64=b64(b"lossy %d" % i), reliable=False,
+                       topic=None, destinations=[])
+        ev = rm.expect("data_received", from_="lk", kind="lossy", timeout=10)
+        assert base64.b64decode(ev["data_b64"]).startswith(b"lossy ")
+        lk.request("publish_dtmf", code=5, digit="5")
+        rm.expect("sip_dtmf_received", from_="lk", code=5, digit="5", timeout=10)
+        # room -> official: the same three
+        rm.request("publish_data", data_b64=b64(b"from rm"), reliable=True, topic="chat",
+                   destinations=[])
+        ev = lk.expect("data_received", from_="rm", topic="chat", timeout=10)
+        assert (base64.b64decode(ev["data_b64"]), ev["kind"]) == (b"from rm", "reliable")
+        for i in range(20):
+            rm.request("publish_data", data_b64=b64(b"lossy %d" % i), reliable=False,
+                       topic=None, destinations=[])
+        lk.expect("data_received", from_="rm", kind="lossy", timeout=10)
+        rm.request("publish_dtmf", code=11, digit="#")
+        lk.expect("sip_dtmf_received", from_="rm", code=11, digit="#", timeout=10)
+        # metadata, both ways
+        rm.request("set_metadata", metadata="rm-meta")
+        lk.expect("participant_metadata_changed", identity="rm", new="rm-meta", timeout=10)
+        lk.request("set_metadata", metadata="lk-meta")
+        rm.expect("participant_metadata_changed", identity="lk", new="lk-meta", timeout=10)
+        # leaving is seen on the other side
+        assert rm.close() == 0
+        lk.expect("participant_disconnected", identity="rm", timeout=10)
+    finally:
+        rm.close()
+        lk.close()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_destination_filtering_between_sdks(server: tuple[NetNs, str], backend: str) -> None:
+    room_name = f"dest-{backend}"
+    rm = start(server, "rm", room_name, backend)
+    lk1 = start(server, "lk1", room_name, None)
+    lk2 = start(server, "lk2", room_name, None)
+    try:
+        rm.expect("participant_connected", identity="lk2", timeout=10)
+        lk1.expect("participant_connected", identity="lk2", timeout=10)
+        # room -> one official client only
+        rm.request("publish_data", data_b64=b64(b"only lk1"), reliable=True, topic=None,
+                   destinations=["lk1"])
+        rm.request("publish_data", data_b64=b64(b"marker"), reliable=True, topic=None,
+                   destinations=[])
+        lk1.expect("data_received", data_b64=b64(b"only lk1"), timeout=10)
+        lk2.expect("data_received", data_b64=b64(b"marker"), timeout=10)
+        # official -> room only
+        lk2.request("publish_data", data_b64=b64(b"only rm"), reliable=True, topic=None,
+                    destinations=["rm"])
+        lk2.request("publish_data", data_b64=b64(b"marker2"), reliable=True, topic=None,
+                    destinations=[])
+        rm.expect("data_received", data_b64=b64(b"only rm"), from_="lk2", timeout=10)
+        lk1.expect("data_received", data_b64=b64(b"marker2"), timeout=10)
+        got = [e["data_b64"] for e in lk2.history if e["event"] == "data_received"]
+        assert b64(b"only lk1") not in got
+        got = [e["data_b64"] for e in lk1.history if e["event"] == "data_received"]
+        assert b64(b"only rm") not in got
+    finally:
+        for p in (rm, lk1, lk2):
+            p.close()
