@@ -396,6 +396,14 @@ async def _demo_script(
         await me.set_attributes({"says": "Great, what is today's topic?", "mood": ""})
         await seen.wait_for(ParticipantAttributesChanged, "bob")
 
+        await step("bob sends a chat message over the reliable data channel")
+        await me.publish_data("Shall we start?", topic="chat")
+        await seen.wait_for(DataReceived, "bob")
+
+        await step("bob presses 5 on his keypad (SIP DTMF)")
+        await me.publish_dtmf(code=5, digit="5")
+        await seen.wait_for(SipDTMFReceived, "bob")
+
         await step("the server sets the room metadata")
         await server.update_room_metadata(_DEMO_ROOM, json.dumps({"topic": "structured IO"}))
         await seen.wait_for(RoomMetadataChanged)
