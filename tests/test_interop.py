@@ -55,6 +55,23 @@ def start(server: tuple[NetNs, str], identity: str, room: str, backend: str | No
     return peer
 
 
+def exchange(tx: Peer, rx: Peer, data: bytes, dtmf: tuple[int, str]) -> None:
+    """``tx`` sends a reliable packet with a topic, lossy packets and a DTMF tone; ``rx``
+    must get them, stamped with ``tx``'s identity."""
+    tx.request("publish_data", data_b64=b64(data), reliable=True, topic="chat",
+               destinations=[])
+    ev = rx.expect("data_received", from_=tx.name, topic="chat", timeout=10)
+    assert (base64.b64decode(ev["data_b64"]), ev["kind"]) == (data, "reliable")
+    for i in range(20):  # lossy: some may be lost, so send several
+        tx.request("publish_data", data_b64=b64(b"lossy %d" % i), reliable=False,
+                   topic=None, destinations=[])
+    ev = rx.expect("data_received", from_=tx.name, kind="lossy", timeout=10)
+    assert base64.b64decode(ev["data_b64"]).startswith(b"lossy ")
+    code, digit = dtmf
+    tx.request("publish_dtmf", code=code, digit=digit)
+    rx.expect("sip_dtmf_received", from_=tx.name, code=code, digit=digit, timeout=10)
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_official_sdk_and_room_exchange_data_both_ways(
         server: tuple[NetNs, str], backend: str) -> None:
@@ -63,29 +80,8 @@ def test_official_sdk_and_room_exchange_data_both_ways(
     rm = start(server, "rm", room_name, backend)
     try:
         lk.expect("participant_connected", identity="rm", timeout=10)
-        # official -> room: reliable with a topic, lossy, DTMF
-        lk.request("publish_data", data_b64=b64(b"from lk"), reliable=True, topic="chat",
-                   destinations=[])
-        ev = rm.expect("data_received", from_="lk", topic="chat", timeout=10)
-        assert (base64.b64decode(ev["data_b64"]), ev["kind"]) == (b"from lk", "reliable")
-        for i in range(20):
-            lk.request("publish_data", data_b64=b64(b"lossy %d" % i), reliable=False,
-                       topic=None, destinations=[])
-        ev = rm.expect("data_received", from_="lk", kind="lossy", timeout=10)
-        assert base64.b64decode(ev["data_b64"]).startswith(b"lossy ")
-        lk.request("publish_dtmf", code=5, digit="5")
-        rm.expect("sip_dtmf_received", from_="lk", code=5, digit="5", timeout=10)
-        # room -> official: the same three
-        rm.request("publish_data", data_b64=b64(b"from rm"), reliable=True, topic="chat",
-                   destinations=[])
-        ev = lk.expect("data_received", from_="rm", topic="chat", timeout=10)
-        assert (base64.b64decode(ev["data_b64"]), ev["kind"]) == (b"from rm", "reliable")
-        for i in range(20):
-            rm.request("publish_data", data_b64=b64(b"lossy %d" % i), reliable=False,
-                       topic=None, destinations=[])
-        lk.expect("data_received", from_="rm", kind="lossy", timeout=10)
-        rm.request("publish_dtmf", code=11, digit="#")
-        lk.expect("sip_dtmf_received", from_="rm", code=11, digit="#", timeout=10)
+        exchange(lk, rm, b"from lk", (5, "5"))
+        exchange(rm, lk, b"from rm", (11, "#"))
         # metadata, both ways
         rm.request("set_metadata", metadata="rm-meta")
         lk.expect("participant_metadata_changed", identity="rm", new="rm-meta", timeout=10)

@@ -146,9 +146,7 @@ class DevServer:
     async def remove_participant(self, room: str, identity: str) -> None:
         """Disconnect ``identity`` (reason PARTICIPANT_REMOVED). Raises LookupError if absent."""
         r = self._room(room)
-        session = r.sessions.get(identity)
-        if session is None:
-            raise LookupError(f"no participant {identity!r} in room {room!r}")
+        session = self._session(r, identity)
         r.leave(session, models.DisconnectReason.PARTICIPANT_REMOVED, notify_self=True)
         self._forget_if_empty(r)
 
@@ -157,16 +155,20 @@ class DevServer:
         between it and the server went silent: nothing is sent to it, whatever it sends is
         ignored, and it is not dropped for silence. For testing clients' keepalive.
         Raises LookupError if absent."""
-        session = self._room(room).sessions.get(identity)
-        if session is None:
-            raise LookupError(f"no participant {identity!r} in room {room!r}")
-        session.partitioned = True
+        self._session(self._room(room), identity).partitioned = True
 
     def _room(self, name: str) -> DevRoom:
         r = self._rooms.get(name)
         if r is None:
             raise LookupError(f"no room {name!r}")
         return r
+
+    @staticmethod
+    def _session(room: DevRoom, identity: str) -> Session:
+        session = room.sessions.get(identity)
+        if session is None:
+            raise LookupError(f"no participant {identity!r} in room {room.name!r}")
+        return session
 
     def _forget_if_empty(self, room: DevRoom) -> None:
         if not room.sessions and self._rooms.get(room.name) is room:
