@@ -27,6 +27,8 @@ from room.options import (
 from room.participant import LocalParticipant, Participant, RemoteParticipant
 from room.publication import LocalTrackPublication, RemoteTrackPublication, TrackPublication
 from room.room import Room
+from room.rpc import RpcErrorCode, RpcInvocationData
+from room.streams import ByteStreamReader, ByteStreamWriter, TextStreamReader, TextStreamWriter
 from room.track import LocalTrack, RemoteTrack, Track
 from room.types import (
     ConnectionQuality,
@@ -69,6 +71,12 @@ __all__ = [
     "RoomError",
     "RoomOptions",
     "RpcError",
+    "RpcErrorCode",
+    "RpcInvocationData",
+    "ByteStreamReader",
+    "ByteStreamWriter",
+    "TextStreamReader",
+    "TextStreamWriter",
     "RtcConfiguration",
     "SipDTMF",
     "Track",

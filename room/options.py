@@ -56,7 +56,9 @@ class RoomOptions:
     ``connect_timeout`` bounds the whole join (seconds). ``event_buffer_size`` is the number
     of events each ``Room.events()`` subscriber may have pending before its iterator raises
     `EventStreamOverflowError` (see docs/events.md). ``request_timeout`` bounds how long
-    ``set_metadata`` and friends wait for the server's answer.
+    ``set_metadata`` and friends wait for the server's answer. ``rpc_drain_timeout`` is
+    how long running RPC invocations may go on when the room is left before they are
+    cancelled.
     """
 
     auto_subscribe: bool = True
@@ -66,11 +68,14 @@ class RoomOptions:
     connect_timeout: float = 10.0
     request_timeout: float = 10.0
     event_buffer_size: int = 1024
+    rpc_drain_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.connect_timeout > 0:
             raise ValueError("connect_timeout must be positive")
         if not self.request_timeout > 0:
             raise ValueError("request_timeout must be positive")
+        if self.rpc_drain_timeout < 0:
+            raise ValueError("rpc_drain_timeout must not be negative")
         if self.event_buffer_size < 1:
             raise ValueError("event_buffer_size must be at least 1")

@@ -6,15 +6,21 @@ owns them; user code reads them and calls the local participant's methods.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from livekit.protocol import models
 
 from room.data import TranscriptionSegment
 from room.publication import LocalTrackPublication, RemoteTrackPublication, TrackPublication
 from room.types import ConnectionQuality, DisconnectReason, ParticipantKind
+
+if TYPE_CHECKING:
+    from room.rpc import RpcHandler, RpcManager
+    from room.streams import ByteStreamWriter, StreamManager, TextStreamWriter
 
 __all__ = ["Participant", "LocalParticipant", "RemoteParticipant"]
 
@@ -67,6 +73,12 @@ class _LocalEngine(Protocol):
     ) -> None: ...
 
     async def publish_packet(self, packet: models.DataPacket, *, reliable: bool) -> None: ...
+
+    @property
+    def rpc(self) -> RpcManager: ...
+
+    @property
+    def streams(self) -> StreamManager: ...
 
 
 class LocalParticipant(Participant):
@@ -181,6 +193,72 @@ class LocalParticipant(Participant):
                     id=s.id, text=s.text, start_time=s.start_time, end_time=s.end_time,
                     final=s.final, language=s.language) for s in segments])),
             reliable=True)
+
+    # -- RPC -----------------------------------------------------------------------------
+
+    def register_rpc_method(self, method: str, handler: RpcHandler) -> None:
+        """Serve ``method``: ``handler(RpcInvocationData) -> str`` runs, as a task of the
+        room, for each call. Raise `RpcError` in it to answer with that error; any other
+        exception answers APPLICATION_ERROR (1500) without its text."""
+        self._require_engine().rpc.register(method, handler)
+
+    def rpc_method(self, method: str) -> Callable[[RpcHandler], RpcHandler]:
+        """Decorator form of `register_rpc_method`."""
+        def register(handler: RpcHandler) -> RpcHandler:
+            self.register_rpc_method(method, handler)
+            return handler
+        return register
+
+    def unregister_rpc_method(self, method: str) -> None:
+        """Stop serving ``method`` (later calls get UNSUPPORTED_METHOD, 1400)."""
+        self._require_engine().rpc.unregister(method)
+
+    async def perform_rpc(self, *, destination_identity: str, method: str, payload: str,
+                          response_timeout: float = 10.0) -> str:
+        """Call ``method`` on ``destination_identity``; return its response payload.
+
+        Raises `RpcError` with LiveKit's codes: 1401 if the participant is not in the
+        room, 1402 if ``payload`` is over 15 KiB, 1501 without an ack within 7 s, 1502
+        without a response within ``response_timeout``, 1503 if the callee leaves
+        meanwhile, 1400 for an unknown method, or the callee's own error.
+        """
+        return await self._require_engine().rpc.perform(
+            destination_identity=destination_identity, method=method, payload=payload,
+            response_timeout=response_timeout)
+
+    # -- data streams ----------------------------------------------------------------------
+
+    async def send_text(self, text: str, *, topic: str, destination_identities: Sequence[str] = (),
+                        attributes: Mapping[str, str] | None = None) -> str:
+        """Send ``text`` as a text stream on ``topic``; returns the stream id."""
+        return await self._require_engine().streams.send_text(
+            text, topic=topic, destination_identities=destination_identities,
+            attributes=attributes)
+
+    def stream_text(self, *, topic: str, destination_identities: Sequence[str] = (),
+                    attributes: Mapping[str, str] | None = None,
+                    ) -> AbstractAsyncContextManager[TextStreamWriter]:
+        """``async with stream_text(topic=...) as w: await w.write("...")``."""
+        return self._require_engine().streams.stream_text(
+            topic=topic, destination_identities=destination_identities, attributes=attributes)
+
+    def stream_bytes(self, *, topic: str, name: str = "",
+                     mime_type: str = "application/octet-stream", total_length: int | None = None,
+                     destination_identities: Sequence[str] = (),
+                     attributes: Mapping[str, str] | None = None,
+                     ) -> AbstractAsyncContextManager[ByteStreamWriter]:
+        """``async with stream_bytes(topic=..., name=...) as w: await w.write(b"...")``."""
+        return self._require_engine().streams.stream_bytes(
+            topic=topic, name=name, mime_type=mime_type, total_length=total_length,
+            destination_identities=destination_identities, attributes=attributes)
+
+    async def send_file(self, path: str | os.PathLike[str], *, topic: str,
+                        destination_identities: Sequence[str] = (), mime_type: str | None = None,
+                        attributes: Mapping[str, str] | None = None) -> str:
+        """Send the file at ``path`` as a byte stream on ``topic``; returns the stream id."""
+        return await self._require_engine().streams.send_file(
+            path, topic=topic, destination_identities=destination_identities,
+            mime_type=mime_type, attributes=attributes)
 
     async def _send_packet(self, packet: models.DataPacket, *, reliable: bool) -> None:
         from room.errors import PublishDataError

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, suppress
 from types import MappingProxyType, TracebackType
 from urllib.parse import urlsplit
@@ -34,12 +34,15 @@ from room.events._types import (
     Connected,
     ConnectionStateChanged,
     Disconnected,
+    ParticipantDisconnected,
     RoomEvent,
 )
 from room.events.hub import EventHub, Subscription
 from room.options import IceTransportType, RoomOptions, RtcConfiguration
 from room.participant import LocalParticipant, RemoteParticipant
+from room.rpc import RpcManager
 from room.state import RoomState
+from room.streams import ByteStreamReader, StreamManager, TextStreamReader
 from room.transport.ice import host_addresses_for
 from room.transport.keepalive import Keepalive
 from room.transport.rtc import LOSSY, RELIABLE, RtcTransport
@@ -94,6 +97,11 @@ class Room:
         self._sid_known = anyio.Event()
         self._token = ""
         self._rtc: RtcTransport | None = None
+        self._streams = StreamManager(send_packet=self._send_reliable,
+                                      local_identity=lambda: self.local_participant.identity)
+        self._rpc = RpcManager(send_packet=self._send_reliable,
+                               is_present=lambda identity: identity in self.remote_participants,
+                               local_identity=lambda: self.local_participant.identity)
 
     # -- connecting --------------------------------------------------------------------
 
@@ -235,11 +243,14 @@ class Room:
     async def disconnect(self) -> None:
         """Leave the room; idempotent.
 
-        Tells the server (LeaveRequest), ends the room's tasks and every ``events()``
-        iterator, and returns once the socket is closed. Shielded from cancellation and
+        Gives running RPC invocations ``RoomOptions.rpc_drain_timeout`` seconds to finish
+        (then cancels them), tells the server (LeaveRequest), ends the room's tasks and
+        every ``events()`` iterator, and returns once the socket is closed. Shielded from cancellation and
         bounded in time (a few seconds at worst, against an unresponsive server).
         """
         with anyio.CancelScope(shield=True):
+            # RPC invocations may finish (and answer) while we are still connected.
+            await self._rpc.drain(0.0 if self._closing else self._options.rpc_drain_timeout)
             self._finish(DisconnectReason.CLIENT_INITIATED, "disconnect() called",
                          tell_server=True)
             if self._tg is not None and self._state is not None:
@@ -297,6 +308,28 @@ class Room:
                 raise pending.error
         finally:
             self._pending.pop(request_id, None)
+
+    async def _send_reliable(self, packet: models.DataPacket) -> None:
+        packet.participant_identity = self.local_participant.identity
+        await self.publish_packet(packet, reliable=True)
+
+    @property
+    def streams(self) -> StreamManager:
+        return self._streams
+
+    @property
+    def rpc(self) -> RpcManager:
+        return self._rpc
+
+    def text_streams(self, topic: str) -> AsyncIterator[TextStreamReader]:
+        """Incoming text streams on ``topic``, from now on: an async iterator of readers
+        (each itself an async iterator of str chunks, with ``read_all()``); it ends when
+        the room does."""
+        return self._streams.text_streams(topic)
+
+    def byte_streams(self, topic: str) -> AsyncIterator[ByteStreamReader]:
+        """Incoming byte streams (files) on ``topic``: like `text_streams`, with bytes."""
+        return self._streams.byte_streams(topic)
 
     async def publish_packet(self, packet: models.DataPacket, *, reliable: bool) -> None:
         """Send a data packet on the reliable or lossy channel (see `LocalParticipant`)."""
@@ -359,6 +392,8 @@ class Room:
         self._hub.close()
         for pending in self._pending.values():
             pending.finish(ConnectionClosedError(f"the room disconnected ({reason.name})"))
+        self._rpc.close()
+        self._streams.close()
         self._services_scope.cancel()
 
     async def _read_loop(self) -> None:
@@ -417,6 +452,9 @@ class Room:
             for event in state.handle(msg):
                 if state.sid:
                     self._sid_known.set()
+                if isinstance(event, ParticipantDisconnected):
+                    self._rpc.participant_left(event.participant.identity)
+                    self._streams.participant_left(event.participant.identity)
                 self._hub.publish(event)
             for pending in list(self._pending.values()):
                 if pending.satisfied():
@@ -430,6 +468,14 @@ class Room:
             packet = models.DataPacket.FromString(data)
         except DecodeError:
             _log.warning("malformed data packet (%d bytes) ignored", len(data))
+            return
+        which = packet.WhichOneof("value")
+        sender = packet.participant_identity
+        if which in ("stream_header", "stream_chunk", "stream_trailer"):
+            self._streams.handle_packet(packet, sender)
+            return
+        if which in ("rpc_request", "rpc_ack", "rpc_response"):
+            self._rpc.handle_packet(packet, sender)
             return
         kind = DataPacketKind.LOSSY if label == LOSSY else DataPacketKind.RELIABLE
         for event in self._state.handle_data(packet, kind):
@@ -483,6 +529,7 @@ class _RoomContext:
         tg = await stack.enter_async_context(anyio.create_task_group())
         self._room._tg = tg
         try:
+            await tg.start(self._room._rpc.run)
             await tg.start(self._room._run_services, self._url, self._token)
         except BaseException:
             # Not fed to the task group, so the caller gets ConnectError (or its own
