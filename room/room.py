@@ -245,8 +245,8 @@ class Room:
 
         Gives running RPC invocations ``RoomOptions.rpc_drain_timeout`` seconds to finish
         (then cancels them), tells the server (LeaveRequest), ends the room's tasks and
-        every ``events()`` iterator, and returns once the socket is closed. Shielded from cancellation and
-        bounded in time (a few seconds at worst, against an unresponsive server).
+        every ``events()`` iterator, and returns once the socket is closed. Shielded from
+        cancellation and bounded in time (a few seconds plus the drain period at worst).
         """
         with anyio.CancelScope(shield=True):
             # RPC invocations may finish (and answer) while we are still connected.

@@ -74,8 +74,8 @@ class StreamManager:
 
     # -- sending -----------------------------------------------------------------------
 
-    async def send_text(self, text: str, *, topic: str, destination_identities: Sequence[str] = (),
-                        attributes: Mapping[str, str] | None = None) -> str:
+    async def send_text(self, text: str, *, topic: str,
+                        destination_identities: Sequence[str] = (), attributes: Mapping[str, str] | None = None) -> str:
         raise NotImplementedError
 
     def stream_text(self, *, topic: str, destination_identities: Sequence[str] = (),
@@ -83,8 +83,8 @@ class StreamManager:
                     ) -> AbstractAsyncContextManager[TextStreamWriter]:
         raise NotImplementedError
 
-    def stream_bytes(self, *, topic: str, name: str = "", mime_type: str = "application/octet-stream",
-                     total_length: int | None = None, destination_identities: Sequence[str] = (),
+    def stream_bytes(self, *, topic: str, name: str = "",
+                     mime_type: str = "application/octet-stream", total_length: int | None = None, destination_identities: Sequence[str] = (),
                      attributes: Mapping[str, str] | None = None,
                      ) -> AbstractAsyncContextManager[ByteStreamWriter]:
         raise NotImplementedError
