@@ -228,8 +228,10 @@ class LocalParticipant(Participant):
 
     # -- data streams ----------------------------------------------------------------------
 
-    async def send_text(self, text: str, *, topic: str, destination_identities: Sequence[str] = (),
-                        attributes: Mapping[str, str] | None = None) -> str:
+    async def send_text(
+        self, text: str, *, topic: str, destination_identities: Sequence[str] = (),
+        attributes: Mapping[str, str] | None = None,
+    ) -> str:
         """Send ``text`` as a text stream on ``topic``; returns the stream id."""
         return await self._require_engine().streams.send_text(
             text, topic=topic, destination_identities=destination_identities,

@@ -74,19 +74,23 @@ class StreamManager:
 
     # -- sending -----------------------------------------------------------------------
 
-    async def send_text(self, text: str, *, topic: str,
-                        destination_identities: Sequence[str] = (), attributes: Mapping[str, str] | None = None) -> str:
+    async def send_text(
+        self, text: str, *, topic: str, destination_identities: Sequence[str] = (),
+        attributes: Mapping[str, str] | None = None,
+    ) -> str:
         raise NotImplementedError
 
-    def stream_text(self, *, topic: str, destination_identities: Sequence[str] = (),
-                    attributes: Mapping[str, str] | None = None,
-                    ) -> AbstractAsyncContextManager[TextStreamWriter]:
+    def stream_text(
+        self, *, topic: str, destination_identities: Sequence[str] = (),
+        attributes: Mapping[str, str] | None = None,
+    ) -> AbstractAsyncContextManager[TextStreamWriter]:
         raise NotImplementedError
 
-    def stream_bytes(self, *, topic: str, name: str = "",
-                     mime_type: str = "application/octet-stream", total_length: int | None = None, destination_identities: Sequence[str] = (),
-                     attributes: Mapping[str, str] | None = None,
-                     ) -> AbstractAsyncContextManager[ByteStreamWriter]:
+    def stream_bytes(
+        self, *, topic: str, name: str = "", mime_type: str = "application/octet-stream",
+        total_length: int | None = None, destination_identities: Sequence[str] = (),
+        attributes: Mapping[str, str] | None = None,
+    ) -> AbstractAsyncContextManager[ByteStreamWriter]:
         raise NotImplementedError
 
     async def send_file(self, path: str | os.PathLike[str], *, topic: str,
