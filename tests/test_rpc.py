@@ -1,0 +1,201 @@
+"""RPC between two real `room` clients through the dev server, on both backends."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+
+import room
+from room import RpcErrorCode, RpcInvocationData
+from room.devserver import DevServer
+from tests.helpers import client_tasks
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_round_trip_and_invocation_data(livekit_server: DevServer) -> None:
+    srv = livekit_server
+    async with room.Room.connect(srv.url, srv.token("callee", room="r")) as callee, \
+            room.Room.connect(srv.url, srv.token("caller", room="r")) as caller:
+        seen: list[RpcInvocationData] = []
+
+        @callee.local_participant.rpc_method("greet")
+        async def greet(data: RpcInvocationData) -> str:
+            seen.append(data)
+            return f"hello {data.payload}"
+
+        answer = await caller.local_participant.perform_rpc(
+            destination_identity="callee", method="greet", payload="world",
+            response_timeout=3.0)
+        assert answer == "hello world"
+        assert seen[0].caller_identity == "caller"
+        assert seen[0].payload == "world"
+        assert seen[0].response_timeout == pytest.approx(3.0)
+
+
+async def test_errors_by_code(livekit_server: DevServer) -> None:
+    srv = livekit_server
+    async with room.Room.connect(srv.url, srv.token("callee", room="r")) as callee, \
+            room.Room.connect(srv.url, srv.token("caller", room="r")) as caller:
+        me = callee.local_participant
+
+        async def refuses(data: RpcInvocationData) -> str:
+            raise room.RpcError(4001, "nope", "details")
+
+        async def crashes(data: RpcInvocationData) -> str:
+            raise ValueError("internal secret")
+
+        async def too_big(data: RpcInvocationData) -> str:
+            return "x" * 20_000
+
+        me.register_rpc_method("refuses", refuses)
+        me.register_rpc_method("crashes", crashes)
+        me.register_rpc_method("too_big", too_big)
+        with pytest.raises(ValueError):
+            me.register_rpc_method("refuses", refuses)
+
+        async def call(method: str, payload: str = "", dest: str = "callee") -> room.RpcError:
+            with pytest.raises(room.RpcError) as info:
+                await caller.local_participant.perform_rpc(
+                    destination_identity=dest, method=method, payload=payload,
+                    response_timeout=3.0)
+            return info.value
+
+        err = await call("refuses")
+        assert (err.code, err.message, err.data) == (4001, "nope", "details")
+        err = await call("crashes")
+        assert err.code == RpcErrorCode.APPLICATION_ERROR
+        assert "secret" not in str(err) and "secret" not in (err.data or "")
+        assert (await call("too_big")).code == RpcErrorCode.RESPONSE_PAYLOAD_TOO_LARGE
+        assert (await call("missing")).code == RpcErrorCode.UNSUPPORTED_METHOD
+        assert (await call("x", dest="nobody")).code == RpcErrorCode.RECIPIENT_NOT_FOUND
+        assert (await call("x", "y" * 16_000)).code == RpcErrorCode.REQUEST_PAYLOAD_TOO_LARGE
+        me.unregister_rpc_method("refuses")
+        assert (await call("refuses")).code == RpcErrorCode.UNSUPPORTED_METHOD
+
+
+async def test_response_timeout(livekit_server: DevServer) -> None:
+    srv = livekit_server
+    async with room.Room.connect(srv.url, srv.token("callee", room="r")) as callee, \
+            room.Room.connect(srv.url, srv.token("caller", room="r")) as caller:
+
+        @callee.local_participant.rpc_method("slow")
+        async def slow(data: RpcInvocationData) -> str:
+            await anyio.sleep(5)
+            return "late"
+
+        started = time.monotonic()
+        with pytest.raises(room.RpcError) as info:
+            await caller.local_participant.perform_rpc(
+                destination_identity="callee", method="slow", payload="",
+                response_timeout=0.5)
+        assert info.value.code == RpcErrorCode.RESPONSE_TIMEOUT
+        assert time.monotonic() - started < 1.5
+
+
+async def test_callee_leaving_mid_call_fails_fast(livekit_server: DevServer) -> None:
+    srv = livekit_server
+    opts = room.RoomOptions(rpc_drain_timeout=0.1)
+    async with room.Room.connect(srv.url, srv.token("caller", room="r")) as caller:
+        async with room.Room.connect(srv.url, srv.token("callee", room="r"),
+                                     options=opts) as callee:
+            started_call = anyio.Event()
+
+            @callee.local_participant.rpc_method("hang")
+            async def hang(data: RpcInvocationData) -> str:
+                started_call.set()
+                await anyio.sleep_forever()
+                return ""
+
+            result: list[room.RpcError] = []
+
+            async def call() -> None:
+                with pytest.raises(room.RpcError) as info:
+                    await caller.local_participant.perform_rpc(
+                        destination_identity="callee", method="hang", payload="",
+                        response_timeout=30.0)
+                result.append(info.value)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                await started_call.wait()
+                left = time.monotonic()
+                await callee.disconnect()
+        assert result[0].code == RpcErrorCode.RECIPIENT_DISCONNECTED
+        assert time.monotonic() - left < 2.0
+
+
+async def test_invocations_run_concurrently(livekit_server: DevServer) -> None:
+    srv = livekit_server
+    async with room.Room.connect(srv.url, srv.token("callee", room="r")) as callee, \
+            room.Room.connect(srv.url, srv.token("caller", room="r")) as caller:
+        release = anyio.Event()
+
+        @callee.local_participant.rpc_method("wait")
+        async def wait(data: RpcInvocationData) -> str:
+            await release.wait()
+            return "released"
+
+        @callee.local_participant.rpc_method("now")
+        async def now(data: RpcInvocationData) -> str:
+            return "now"
+
+        results: list[str] = []
+
+        async def call(method: str) -> None:
+            results.append(await caller.local_participant.perform_rpc(
+                destination_identity="callee", method=method, payload="",
+                response_timeout=5.0))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "wait")
+            with anyio.fail_after(3):
+                await call("now")  # not stuck behind the waiting invocation
+            release.set()
+        assert results == ["now", "released"]
+
+
+async def test_disconnect_during_100_invocations_ends_within_the_grace_period(
+        livekit_server: DevServer) -> None:
+    srv = livekit_server
+    grace = 0.5
+    opts = room.RoomOptions(rpc_drain_timeout=grace)
+    async with room.Room.connect(srv.url, srv.token("caller", room="r")) as caller:
+        errors: list[int] = []
+        running = 0
+        all_running = anyio.Event()
+        async with room.Room.connect(srv.url, srv.token("callee", room="r"),
+                                     options=opts) as callee:
+
+            @callee.local_participant.rpc_method("forever")
+            async def forever(data: RpcInvocationData) -> str:
+                nonlocal running
+                running += 1
+                if running == 100:
+                    all_running.set()
+                await anyio.sleep_forever()
+                return ""
+
+            async def call() -> None:
+                try:
+                    await caller.local_participant.perform_rpc(
+                        destination_identity="callee", method="forever", payload="",
+                        response_timeout=30.0)
+                except room.RpcError as exc:
+                    errors.append(exc.code)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(100):
+                    tg.start_soon(call)
+                with anyio.fail_after(20):
+                    await all_running.wait()
+                started = time.monotonic()
+                await callee.disconnect()
+                took = time.monotonic() - started
+        assert grace <= took < grace + 1.5, took
+        assert errors == [RpcErrorCode.RECIPIENT_DISCONNECTED] * 100
+        # The callee's invocation tasks are gone (only the caller's room runs).
+        assert not [t for t in client_tasks() if "_invoke" in t]
+    assert client_tasks() == []
