@@ -10,6 +10,7 @@ group owns (`run`): many invocations run concurrently, and on disconnect they ge
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import uuid
@@ -77,7 +78,7 @@ class RpcInvocationData:
     response_timeout: float
 
 
-RpcHandler = Callable[[RpcInvocationData], Awaitable[str]]
+RpcHandler = Callable[[RpcInvocationData], Awaitable[str] | str]
 SendPacket = Callable[[models.DataPacket], Awaitable[None]]
 
 
@@ -247,7 +248,9 @@ class RpcManager:
                 data = RpcInvocationData(req.id, caller, req.payload,
                                          req.response_timeout_ms / 1000)
                 try:
-                    result = await handler(data)
+                    outcome = handler(data)
+                    # Plain functions are accepted too, as the official SDKs accept them.
+                    result = await outcome if inspect.isawaitable(outcome) else outcome
                     if not isinstance(result, str):
                         raise TypeError(f"RPC handler for {req.method!r} returned "
                                         f"{type(result).__name__}, not str")

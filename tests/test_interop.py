@@ -125,3 +125,39 @@ def test_destination_filtering_between_sdks(server: tuple[NetNs, str], backend: 
     finally:
         for p in (rm, lk1, lk2):
             p.close()
+
+
+def rpc(caller: Peer, callee: str, method: str, payload: str = "p",
+        timeout: float = 10.0) -> dict[str, object]:
+    """Call ``method`` from ``caller``; the answer event (``ok`` or ``failed``)."""
+    cid = caller.send("perform_rpc", destination=callee, method=method, payload=payload,
+                      timeout=timeout)
+    return caller.answer(cid, timeout=timeout + 10)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_rpc_both_ways_between_sdks(server: tuple[NetNs, str], backend: str) -> None:
+    room_name = f"rpc-{backend}"
+    lk = start(server, "lk", room_name, None)
+    rm = start(server, "rm", room_name, backend)
+    try:
+        lk.expect("participant_connected", identity="rm", timeout=10)
+        for peer in (lk, rm):
+            for behavior in ("echo", "fail", "crash", "sleep"):
+                peer.request("register_rpc", method=behavior, behavior=behavior)
+        for caller, callee in ((lk, "rm"), (rm, "lk")):
+            ok = rpc(caller, callee, "echo", "hi")
+            assert (ok["event"], ok["result"]) == ("ok", f"echo:hi:{caller.name}")
+            failed = rpc(caller, callee, "fail")
+            assert (failed["event"], failed["code"], failed["message"], failed["data"]) == (
+                "failed", 4001, "refused", "why")
+            crashed = rpc(caller, callee, "crash")
+            assert (crashed["event"], crashed["code"]) == ("failed", 1500)
+            assert "secret" not in str(crashed["message"])
+            unknown = rpc(caller, callee, "no-such-method")
+            assert (unknown["event"], unknown["code"]) == ("failed", 1400)
+            late = rpc(caller, callee, "sleep", timeout=1.5)
+            assert (late["event"], late["code"]) == ("failed", 1502)
+    finally:
+        rm.close()
+        lk.close()

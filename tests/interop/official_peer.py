@@ -105,12 +105,38 @@ async def _run_command(room: rtc.Room, cmd: dict[str, Any]) -> None:
             await lp.publish_dtmf(code=int(cmd["code"]), digit=str(cmd["digit"]))
         elif name == "set_metadata":
             await lp.set_metadata(str(cmd["metadata"]))
+        elif name == "register_rpc":
+            lp.register_rpc_method(str(cmd["method"]), _rpc_handler(str(cmd["behavior"])))
+        elif name == "perform_rpc":
+            try:
+                result = await lp.perform_rpc(
+                    destination_identity=str(cmd["destination"]), method=str(cmd["method"]),
+                    payload=str(cmd.get("payload", "")),
+                    response_timeout=float(cmd.get("timeout", 10.0)))
+            except rtc.RpcError as exc:
+                emit("failed", id=cid, message=exc.message, code=exc.code, data=exc.data)
+                return
+            emit("ok", id=cid, result=result)
+            return
         else:
             raise ValueError(f"unknown command {name!r}")
     except Exception as exc:
         emit("failed", id=cid, message=f"{type(exc).__name__}: {exc}")
     else:
         emit("ok", id=cid)
+
+
+def _rpc_handler(behavior: str) -> Any:
+    """RPC test behaviours, the same in room_peer.py: echo, fail, crash, sleep."""
+    async def handler(data: rtc.RpcInvocationData) -> str:
+        if behavior == "fail":
+            raise rtc.RpcError(4001, "refused", "why")
+        if behavior == "crash":
+            raise ValueError("secret internals")
+        if behavior == "sleep":
+            await asyncio.sleep(30)
+        return f"echo:{data.payload}:{data.caller_identity}"
+    return handler
 
 
 async def amain(args: argparse.Namespace) -> int:

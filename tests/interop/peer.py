@@ -164,10 +164,15 @@ class Peer:
             raise self._fail(f"cannot send {cmd}: {exc}") from exc
         return cid
 
-    def _answer(self, cid: str, timeout: float) -> Event:
+    def answer(self, cid: str, timeout: float = 10.0) -> Event:
+        """The ``ok`` or ``failed`` event answering command ``cid`` (raises only on time)."""
         deadline = time.monotonic() + timeout
         while not (ev := self._take("ok", {"id": cid}) or self._take("failed", {"id": cid})):
             self._wait(deadline, f"answer to {cid} ({timeout} s)")
+        return ev
+
+    def _answer(self, cid: str, timeout: float) -> Event:
+        ev = self.answer(cid, timeout)
         if ev["event"] == "failed":
             raise self._fail(f"{cid} failed: {ev.get('message')}")
         return ev

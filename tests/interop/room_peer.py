@@ -18,6 +18,7 @@ import anyio
 import anyio.to_thread
 
 import room
+import room.rpc
 from room.events import (
     DataReceived,
     Disconnected,
@@ -68,12 +69,38 @@ async def run_command(r: room.Room, cmd: dict[str, Any]) -> None:
                 await me.publish_dtmf(code=int(cmd["code"]), digit=str(cmd["digit"]))
             case "set_metadata":
                 await me.set_metadata(str(cmd["metadata"]))
+            case "register_rpc":
+                me.register_rpc_method(str(cmd["method"]), rpc_handler(str(cmd["behavior"])))
+            case "perform_rpc":
+                try:
+                    result = await me.perform_rpc(
+                        destination_identity=str(cmd["destination"]),
+                        method=str(cmd["method"]), payload=str(cmd.get("payload", "")),
+                        response_timeout=float(cmd.get("timeout", 10.0)))
+                except room.RpcError as exc:
+                    emit("failed", id=cid, message=exc.message, code=exc.code, data=exc.data)
+                    return
+                emit("ok", id=cid, result=result)
+                return
             case other:
                 raise ValueError(f"unknown command {other!r}")
     except Exception as exc:
         emit("failed", id=cid, message=f"{type(exc).__name__}: {exc}")
     else:
         emit("ok", id=cid)
+
+
+def rpc_handler(behavior: str) -> room.rpc.RpcHandler:
+    """RPC test behaviours, the same in official_peer.py: echo, fail, crash, sleep."""
+    async def handler(data: room.RpcInvocationData) -> str:
+        if behavior == "fail":
+            raise room.RpcError(4001, "refused", "why")
+        if behavior == "crash":
+            raise ValueError("secret internals")
+        if behavior == "sleep":
+            await anyio.sleep(30)
+        return f"echo:{data.payload}:{data.caller_identity}"
+    return handler
 
 
 async def amain(url: str, token: str) -> int:
@@ -94,8 +121,11 @@ async def amain(url: str, token: str) -> int:
                     if cmd.get("cmd") == "quit":
                         emit("ok", id=cmd.get("id"))
                         break
-                    # Commands run one after another, so packets keep the command order.
-                    await run_command(r, cmd)
+                    if cmd.get("cmd") == "perform_rpc":
+                        tg.start_soon(run_command, r, cmd)  # calls may overlap
+                    else:
+                        # One after another, so packets keep the command order.
+                        await run_command(r, cmd)
                 tg.cancel_scope.cancel()
     except room.ConnectError as exc:
         emit("error", message=f"connect failed: {exc}")
