@@ -41,7 +41,7 @@ def new_sid(prefix: str) -> str:
 class Session:
     """One participant's presence in a room, as the server sees it."""
 
-    def __init__(self, grants: Grants, protocol: int) -> None:
+    def __init__(self, grants: Grants, protocol: int, client_protocol: int = 0) -> None:
         self.grants = grants
         self.protocol = protocol
         now = time.time()
@@ -55,6 +55,9 @@ class Session:
             joined_at=int(now),
             joined_at_ms=int(now * 1000),
             version=1,
+            # What the client said it speaks (RPC v2 over data streams from 1 on): other
+            # clients choose how to call it from this, as with a LiveKit server.
+            client_protocol=client_protocol,
             kind=_KINDS.get(grants.kind, 0),  # type: ignore[arg-type]
             permission=models.ParticipantPermission(
                 can_subscribe=grants.can_subscribe,

@@ -214,11 +214,8 @@ class DevServer:
 
     async def _on_websocket(self, request: HttpRequest, ws: WebSocket) -> None:
         grants = self._authorize(request)  # checked in _on_request already
-        try:
-            protocol = int(request.query.get("protocol", "0"))
-        except ValueError:
-            protocol = 0
-        session = Session(grants, protocol)
+        session = Session(grants, _int(request.query.get("protocol")),
+                          _int(request.query.get("client_protocol")))
         session.ws = ws
         room = self._rooms.get(grants.room)
         if room is None:
@@ -353,3 +350,10 @@ class DevServer:
                 session.close(models.DisconnectReason.CONNECTION_TIMEOUT)
                 return
             await anyio.sleep(min(1.0, self.ping_timeout - silent + 0.05))
+
+
+def _int(text: str | None) -> int:
+    try:
+        return max(0, int(text or "0"))
+    except ValueError:
+        return 0
