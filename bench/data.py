@@ -13,47 +13,40 @@ libwebrtc ignores loopback interfaces, so when a network namespace can be made (
 ``ip``, see tests/netns.py) everything runs inside one: the dev server
 (``python -m room serve`` on the veth address) and, one after another, one worker
 subprocess per column (``python -m bench.data --worker room|official URL ...``, each
-printing one JSON line). Otherwise, or with ``--loopback``, only `room` is measured, in
-this process, against an in-process `DevServer` on 127.0.0.1 (``measure()``), and the
-table says why the official column is missing.
+printing one JSON line; the machinery is shared with bench/rpc.py in bench/_harness.py).
+Otherwise, or with ``--loopback``, only `room` is measured, in this process, against an
+in-process `DevServer` on 127.0.0.1 (``measure()``), and the table says why the official
+column is missing.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
+import functools
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
 
 import anyio
 
 import room
+from bench._harness import (
+    Column,
+    Mint,
+    Row,
+    print_footer,
+    run_in_netns,
+    run_in_process,
+    table,
+    worker_line,
+)
+from bench._harness import mint as _mint
 from room.devserver import DevServer
-from room.devserver.auth import mint_token
 from room.events import DataReceived
 
-KEY, SECRET = "devkey", "secret"
-PORT = 7880
 SEE_TIMEOUT = 10.0  # both participants see each other
 PACKETS_TIMEOUT = 60.0  # all packets of one size sent and received
 SIZES = (1024, 15 * 1024)
-ROOT = Path(__file__).resolve().parent.parent  # so that `-m bench.…` works in workers
-
-Mint = Callable[[str, str], str]  # (identity, room name) -> token
-
-
-def _mint(identity: str, room_name: str) -> str:
-    return mint_token(KEY, SECRET, identity, room=room_name)
 
 
 # -- room: the measurements ---------------------------------------------------------------
@@ -137,23 +130,7 @@ async def measure(count: int, count_15k: int | None = None) -> dict[str, float]:
                                  mint=lambda identity, r: srv.token(identity, room=r))
 
 
-# -- workers: one JSON line ----------------------------------------------------------------
-
-
-def worker_line(run: Callable[[], dict[str, float]]) -> int:
-    """Print ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": "..."}``."""
-    try:
-        result = run()
-    except BaseException as exc:  # reported to the parent, which goes on with the others
-        traceback.print_exc(file=sys.stderr)
-        line: dict[str, Any] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        code = 1
-    else:
-        line = {"ok": True, "result": result}
-        code = 0
-    sys.stdout.write("\n" + json.dumps(line) + "\n")
-    sys.stdout.flush()
-    return code
+# -- the worker: one JSON line (bench._harness.worker_line) --------------------------------
 
 
 def _worker(kind: str, url: str, backend: str, count: int, count_15k: int) -> int:
@@ -168,154 +145,27 @@ def _worker(kind: str, url: str, backend: str, count: int, count_15k: int) -> in
 # -- the orchestrator ----------------------------------------------------------------------
 
 
-@dataclass
-class Column:
-    name: str
-    result: dict[str, float] | None = None
-    error: str | None = None
-    seconds: float = 0.0
-
-
-def _stop(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(grace)
-
-
-def _tail(f: IO[str], lines: int = 15) -> str:
-    f.seek(0)
-    # The official SDK warns on every connect that the dev server has no /rtc/v1: noise.
-    kept = [ln for ln in f.readlines() if "v1 path" not in ln]
-    return "".join(kept[-lines:]).rstrip()
-
-
-@contextlib.contextmanager
-def _server_in(ns: Any, timeout: float) -> Iterator[str]:
-    """``python -m room serve`` on the namespace's server address; yields its URL."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = ns.popen([sys.executable, "-m", "room", "serve", "--host", ns.server_ip,
-                         "--port", str(PORT), "--api-key", KEY, "--api-secret", SECRET],
-                        stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True,
-                        cwd=ROOT)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                out.seek(0)
-                if "ws://" in out.read():
-                    break
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"dev server did not start (exit {proc.poll()}):\n"
-                                       f"{_tail(err)}")
-                time.sleep(0.05)
-            yield f"ws://{ns.server_ip}:{PORT}"
-        finally:
-            _stop(proc)
-
-
-def _run_worker(ns: Any, name: str, argv: list[str], timeout: float) -> Column:
-    col = Column(name)
-    started = time.monotonic()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-        proc = ns.popen([sys.executable, "-m", "bench.data", *argv], stdout=out, stderr=err,
-                        stdin=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            col.error = f"timed out after {timeout:.0f} s"
-        finally:
-            _stop(proc)
-        col.seconds = time.monotonic() - started
-        if col.error is None:
-            out.seek(0)
-            lines = [ln for ln in out.read().splitlines() if ln.startswith("{")]
-            try:
-                line = json.loads(lines[-1])
-            except (IndexError, ValueError):
-                col.error = f"no result line (exit {proc.returncode})"
-            else:
-                if line.get("ok"):
-                    col.result = {k: float(v) for k, v in line["result"].items()}
-                else:
-                    col.error = str(line.get("error"))
-        if col.error is not None:
-            tail = _tail(err, 8)
-            if tail:
-                col.error += "\n    " + tail.replace("\n", "\n    ")
-    return col
-
-
 def _run_netns(backends: list[str], count: int, count_15k: int, budget: float,
                per_worker: float) -> tuple[list[Column], str]:
-    from tests.netns import netns
-
-    deadline = time.monotonic() + budget
-    columns = []
-    with netns() as ns, _server_in(ns, timeout=15) as url:
-        workers = [(f"room/{b}", ["--worker", "room", url, "--backend", b]) for b in backends]
-        workers.append(("official", ["--worker", "official", url]))
-        for name, argv in workers:
-            left = deadline - time.monotonic()
-            if left < 5:
-                columns.append(Column(name, error="skipped: out of time budget"))
-                continue
-            argv += ["--count", str(count), "--count-15k", str(count_15k)]
-            columns.append(_run_worker(ns, name, argv, min(per_worker, left)))
-        where = (f"dev server `python -m room serve` (asyncio) at {url} in network namespace "
-                 f"{ns.name}; workers run one after another as subprocesses there")
-    return columns, where
+    workers = [(f"room/{b}", ["room", "--backend", b]) for b in backends]
+    workers.append(("official", ["official"]))
+    for _, argv in workers:
+        argv += ["--count", str(count), "--count-15k", str(count_15k)]
+    return run_in_netns("bench.data", workers, budget, per_worker)
 
 
 def _run_loopback(backends: list[str], count: int, count_15k: int) -> list[Column]:
-    columns = []
-    for b in backends:
-        col = Column(f"room/{b}")
-        started = time.monotonic()
-        try:
-            col.result = anyio.run(measure, count, count_15k, backend=b)
-        except Exception as exc:
-            col.error = f"{type(exc).__name__}: {exc}"
-        col.seconds = time.monotonic() - started
-        columns.append(col)
-    return columns
+    return [run_in_process(f"room/{b}", functools.partial(anyio.run, measure, count, count_15k,
+                                                          backend=b))
+            for b in backends]
 
 
 def _table(columns: list[Column]) -> str:
-    official = next((c for c in columns if c.name == "official"), None)
-    base = official.result if official is not None else None
-    rooms = [c for c in columns if c.name != "official"]
-    ratio_cols = [c for c in rooms if base is not None]
-    rows: list[tuple[str, str, int]] = [("connect (median of 5)", "ms", 0)]
+    rows = [Row("connect (median of 5)", "ms", "connect_s", scale=1000.0, digits=1)]
     for size in SIZES:
-        rows.append((f"{size // 1024} KiB reliable", "pkt/s", size))
-        rows.append((f"{size // 1024} KiB reliable", "MB/s", size))
-    header = ["", "unit", *(c.name for c in columns),
-              *(f"{c.name.split('/')[-1]}/official" for c in ratio_cols)]
-    body: list[list[str]] = []
-    for label, unit, size in rows:
-        key = "connect_s" if unit == "ms" else f"{int(size)}_{'pps' if unit == 'pkt/s' else 'MBps'}"
-        scale = 1000.0 if unit == "ms" else 1.0
-        cells = [label, unit]
-        for c in columns:
-            v = c.result.get(key) if c.result else None
-            cells.append("-" if v is None else f"{v * scale:.2f}" if unit == "MB/s"
-                         else f"{v * scale:.1f}" if unit == "ms" else f"{v * scale:.0f}")
-        for c in ratio_cols:
-            a = c.result.get(key) if c.result else None
-            b = base.get(key) if base else None
-            cells.append("-" if not a or not b else f"{a / b:.2f}x")
-        body.append(cells)
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
-                       for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
-             for r in [header, *body]]
-    return "\n".join(lines)
+        rows.append(Row(f"{size // 1024} KiB reliable", "pkt/s", f"{size}_pps"))
+        rows.append(Row(f"{size // 1024} KiB reliable", "MB/s", f"{size}_MBps", digits=2))
+    return table(columns, rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -364,11 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     if reason is not None:
         print(f"official SDK column missing: {reason} -- libwebrtc ignores loopback "
               "interfaces, so the official SDK needs a network namespace (root and `ip`).")
-    for c in columns:
-        if c.error is not None:
-            print(f"{c.name} failed: {c.error}")
-    print(f"columns took {', '.join(f'{c.name} {c.seconds:.1f} s' for c in columns)}; "
-          f"total {time.monotonic() - started:.1f} s")
+    print_footer(columns, started)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ measures exactly what bench.data measures for `room`: the median of 5 ``Room.con
 calls, then reliable 1 KiB and 15 KiB packets per second from one sender to one receiver
 in the same room, timed from the first ``publish_data`` to the last ``data_received``,
 every packet checked for order, size and count. Prints one JSON line (see
-``bench.data.worker_line``). libwebrtc ignores loopback, so URL must not be 127.0.0.1;
+``bench._harness.worker_line``). libwebrtc ignores loopback, so URL must not be 127.0.0.1;
 bench.data runs this inside a network namespace.
 """
 
@@ -21,17 +21,11 @@ import time
 
 from livekit import rtc
 
-from room.devserver.auth import mint_token
+from bench._harness import mint as _token
 
-# Same values as bench.data.KEY/SECRET (not imported: that would pull in anyio and room).
-KEY, SECRET = "devkey", "secret"
 CONNECT_TIMEOUT = 20.0
 SEE_TIMEOUT = 10.0  # both participants see each other
 PACKETS_TIMEOUT = 60.0  # all packets of one size sent and received
-
-
-def _token(identity: str, room: str) -> str:
-    return mint_token(KEY, SECRET, identity, room=room)
 
 
 async def _connect(url: str, identity: str, room: str) -> rtc.Room:
@@ -127,7 +121,7 @@ def run(url: str, count: int, count_15k: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench.data import worker_line  # the one JSON line format, shared
+    from bench._harness import worker_line  # the one JSON line format, shared
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("url")
