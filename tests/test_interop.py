@@ -11,9 +11,12 @@ side is parametrized over both backends instead.
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -158,6 +161,34 @@ def test_rpc_both_ways_between_sdks(server: tuple[NetNs, str], backend: str) -> 
             assert (unknown["event"], unknown["code"]) == ("failed", 1400)
             late = rpc(caller, callee, "sleep", timeout=1.5)
             assert (late["event"], late["code"]) == ("failed", 1502)
+    finally:
+        rm.close()
+        lk.close()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_text_and_byte_streams_both_ways(server: tuple[NetNs, str], backend: str,
+                                         tmp_path: Path) -> None:
+    room_name = f"streams-{backend}"
+    lk = start(server, "lk", room_name, None)
+    rm = start(server, "rm", room_name, backend)
+    blob = os.urandom(5 * 1024 * 1024)  # random: the official SDK's compression cannot help
+    path = tmp_path / "blob.bin"
+    path.write_bytes(blob)
+    digest = hashlib.sha256(blob).hexdigest()
+    text = "héllo wörld, 😀 " * 2000  # multi-byte characters across chunk boundaries
+    try:
+        lk.expect("participant_connected", identity="rm", timeout=10)
+        for peer in (lk, rm):
+            peer.request("listen_text", topic="chat")
+            peer.request("listen_bytes", topic="files")
+        for tx, rx in ((lk, rm), (rm, lk)):
+            tx.request("send_text", text=text, topic="chat", timeout=30)
+            got = rx.expect("text_stream_received", from_=tx.name, topic="chat", timeout=30)
+            assert got["text"] == text
+            tx.request("send_file", path=str(path), topic="files", timeout=120)
+            got = rx.expect("byte_stream_received", from_=tx.name, topic="files", timeout=120)
+            assert (got["name"], got["size"], got["sha256"]) == ("blob.bin", len(blob), digest)
     finally:
         rm.close()
         lk.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import sys
@@ -105,6 +106,18 @@ async def _run_command(room: rtc.Room, cmd: dict[str, Any]) -> None:
             await lp.publish_dtmf(code=int(cmd["code"]), digit=str(cmd["digit"]))
         elif name == "set_metadata":
             await lp.set_metadata(str(cmd["metadata"]))
+        elif name == "send_text":
+            info = await lp.send_text(str(cmd["text"]), topic=str(cmd["topic"]))
+            emit("ok", id=cid, stream_id=info.stream_id)
+            return
+        elif name == "send_file":
+            file_info = await lp.send_file(str(cmd["path"]), topic=str(cmd["topic"]))
+            emit("ok", id=cid, stream_id=file_info.stream_id)
+            return
+        elif name == "listen_text":
+            room.register_text_stream_handler(str(cmd["topic"]), _on_text)
+        elif name == "listen_bytes":
+            room.register_byte_stream_handler(str(cmd["topic"]), _on_bytes)
         elif name == "register_rpc":
             lp.register_rpc_method(str(cmd["method"]), _rpc_handler(str(cmd["behavior"])))
         elif name == "perform_rpc":
@@ -124,6 +137,33 @@ async def _run_command(room: rtc.Room, cmd: dict[str, Any]) -> None:
         emit("failed", id=cid, message=f"{type(exc).__name__}: {exc}")
     else:
         emit("ok", id=cid)
+
+
+_readers: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.ensure_future(coro)
+    _readers.add(task)
+    task.add_done_callback(_readers.discard)
+
+
+def _on_text(reader: rtc.TextStreamReader, sender: str) -> None:
+    async def read() -> None:
+        text = await reader.read_all()
+        emit("text_stream_received", topic=reader.info.topic, text=text, **{"from": sender})
+    _spawn(read())
+
+
+def _on_bytes(reader: rtc.ByteStreamReader, sender: str) -> None:
+    async def read() -> None:
+        digest, size = hashlib.sha256(), 0
+        async for chunk in reader:
+            digest.update(chunk)
+            size += len(chunk)
+        emit("byte_stream_received", topic=reader.info.topic, name=reader.info.name,
+             size=size, sha256=digest.hexdigest(), **{"from": sender})
+    _spawn(read())
 
 
 def _rpc_handler(behavior: str) -> Any:

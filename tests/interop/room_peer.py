@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import anyio.to_thread
+from anyio.abc import TaskGroup
 
 import room
 import room.rpc
@@ -27,6 +30,8 @@ from room.events import (
     ParticipantMetadataChanged,
     SipDTMFReceived,
 )
+
+LISTENERS: TaskGroup  # where stream readers run (the peer's task group)
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -69,6 +74,18 @@ async def run_command(r: room.Room, cmd: dict[str, Any]) -> None:
                 await me.publish_dtmf(code=int(cmd["code"]), digit=str(cmd["digit"]))
             case "set_metadata":
                 await me.set_metadata(str(cmd["metadata"]))
+            case "send_text":
+                sid = await me.send_text(str(cmd["text"]), topic=str(cmd["topic"]))
+                emit("ok", id=cid, stream_id=sid)
+                return
+            case "send_file":
+                sid = await me.send_file(str(cmd["path"]), topic=str(cmd["topic"]))
+                emit("ok", id=cid, stream_id=sid)
+                return
+            case "listen_text":
+                LISTENERS.start_soon(read_texts, r.text_streams(str(cmd["topic"])))
+            case "listen_bytes":
+                LISTENERS.start_soon(read_bytes, r.byte_streams(str(cmd["topic"])))
             case "register_rpc":
                 me.register_rpc_method(str(cmd["method"]), rpc_handler(str(cmd["behavior"])))
             case "perform_rpc":
@@ -90,6 +107,23 @@ async def run_command(r: room.Room, cmd: dict[str, Any]) -> None:
         emit("ok", id=cid)
 
 
+async def read_texts(readers: AsyncIterator[room.TextStreamReader]) -> None:
+    async for reader in readers:
+        text = await reader.read_all()
+        emit("text_stream_received", topic=reader.info.topic, text=text,
+             **{"from": reader.info.sender_identity})
+
+
+async def read_bytes(readers: AsyncIterator[room.ByteStreamReader]) -> None:
+    async for reader in readers:
+        digest, size = hashlib.sha256(), 0
+        async for chunk in reader:  # chunk by chunk: memory stays bounded
+            digest.update(chunk)
+            size += len(chunk)
+        emit("byte_stream_received", topic=reader.info.topic, name=reader.info.name,
+             size=size, sha256=digest.hexdigest(), **{"from": reader.info.sender_identity})
+
+
 def rpc_handler(behavior: str) -> room.rpc.RpcHandler:
     """RPC test behaviours, the same in official_peer.py: echo, fail, crash, sleep."""
     async def handler(data: room.RpcInvocationData) -> str:
@@ -109,6 +143,8 @@ async def amain(url: str, token: str) -> int:
             emit("connected", identity=r.local_participant.identity,
                  participants=sorted(r.remote_participants))
             async with anyio.create_task_group() as tg:
+                global LISTENERS
+                LISTENERS = tg
                 tg.start_soon(watch, r)
                 while True:
                     line = await anyio.to_thread.run_sync(sys.stdin.readline,
