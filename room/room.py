@@ -534,6 +534,7 @@ class _RoomContext:
         except BaseException:
             # Not fed to the task group, so the caller gets ConnectError (or its own
             # cancellation) as itself, not wrapped in an ExceptionGroup.
+            tg.cancel_scope.cancel()
             await stack.aclose()
             raise
         self._stack = stack
