@@ -28,7 +28,15 @@ from room.participant import LocalParticipant, Participant, RemoteParticipant
 from room.publication import LocalTrackPublication, RemoteTrackPublication, TrackPublication
 from room.room import Room
 from room.rpc import RpcErrorCode, RpcInvocationData
-from room.streams import ByteStreamReader, ByteStreamWriter, TextStreamReader, TextStreamWriter
+from room.streams import (
+    ByteStreamInfo,
+    ByteStreamReader,
+    ByteStreamWriter,
+    StreamError,
+    TextStreamInfo,
+    TextStreamReader,
+    TextStreamWriter,
+)
 from room.track import LocalTrack, RemoteTrack, Track
 from room.types import (
     ConnectionQuality,
@@ -73,7 +81,10 @@ __all__ = [
     "RpcError",
     "RpcErrorCode",
     "RpcInvocationData",
+    "ByteStreamInfo",
     "ByteStreamReader",
+    "StreamError",
+    "TextStreamInfo",
     "ByteStreamWriter",
     "TextStreamReader",
     "TextStreamWriter",
