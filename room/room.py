@@ -310,6 +310,9 @@ class Room:
             self._pending.pop(request_id, None)
 
     async def _send_reliable(self, packet: models.DataPacket) -> None:
+        """RPC and data-stream packets: reliable, and under the same permission as data."""
+        if not self.local_participant.can_publish_data:
+            raise PublishDataError("the token does not allow publishing data (canPublishData)")
         packet.participant_identity = self.local_participant.identity
         await self.publish_packet(packet, reliable=True)
 

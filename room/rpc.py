@@ -214,6 +214,10 @@ class RpcManager:
         self._accepting = False
         for call in list(self._calls.values()):
             call.finish(error=ConnectionClosedError("the room disconnected during the call"))
+        # Invocations still running could not answer any more (after `drain` there are
+        # none): end them, and the manager's task with them.
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
 
     # -- invocations ---------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ class SessionRtc:
         self._inbox, self._requests = anyio.create_memory_object_stream[rtc.SignalRequest](
             math.inf)
         self._sdp_id = 0
+        self._early: list[tuple[str, bytes]] = []  # relayed before our subscriber existed
 
     def post(self, req: rtc.SignalRequest) -> None:
         """Queue an ``offer``, ``answer`` or ``trickle`` from the client (never blocks)."""
@@ -62,8 +63,18 @@ class SessionRtc:
             return Peer(name=f"{self._identity}/{name}", host_addresses=self._hosts,
                         on_data=self._on_packet)
 
-        self.subscriber = await self._loop.run(make, "subscriber")
-        sdp = await self._loop.run(self.subscriber.offer_with_channels)
+        subscriber = await self._loop.run(make, "subscriber")
+
+        def adopt() -> None:  # on the aiortc loop, where `forward` runs
+            self.subscriber = subscriber
+            for label, data in self._early:
+                subscriber.send_nowait(label, data)
+            self._early.clear()
+
+        self._loop.call_soon(adopt)
+        await self._loop.run(_noop)  # after this, `adopt` has run (the loop is FIFO)
+        assert self.subscriber is not None
+        sdp = await self._loop.run(subscriber.offer_with_channels)
         self._describe("offer", sdp, rtc.SignalTarget.SUBSCRIBER)
         async for req in self._requests:
             try:
@@ -89,8 +100,14 @@ class SessionRtc:
                 await self._loop.run(peer.add_candidate, req.trickle.candidateInit)
 
     def forward(self, label: str, data: bytes) -> bool:
-        """Deliver a packet on our subscriber channel ``label``; call on the aiortc loop."""
-        return self.subscriber is not None and self.subscriber.send_nowait(label, data)
+        """Deliver a packet on our subscriber channel ``label``; call on the aiortc loop.
+        Packets that come before the subscriber connection exists wait for it."""
+        if self.subscriber is None:
+            if len(self._early) >= 4096:
+                return False
+            self._early.append((label, data))
+            return True
+        return self.subscriber.send_nowait(label, data)
 
     async def close(self) -> None:
         self._inbox.close()
@@ -108,3 +125,7 @@ class SessionRtc:
         for candidate in sdp_candidates(sdp):
             self._send(rtc.SignalResponse(trickle=rtc.TrickleRequest(
                 candidateInit=candidate_to_json(candidate), target=target)))
+
+
+async def _noop() -> None:
+    pass

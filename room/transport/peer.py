@@ -31,6 +31,8 @@ _log = logging.getLogger(__name__)
 RELIABLE = "_reliable"
 LOSSY = "_lossy"
 # Sending waits while this much is queued in a data channel (flow control).
+# Packets relayed to a channel that is still opening wait for it, up to this many.
+_EARLY_LIMIT = 4096
 HIGH_WATER = 1 << 20
 LOW_WATER = 256 * 1024
 
@@ -55,6 +57,7 @@ class Peer:
                                                    LOSSY: asyncio.Event()}
         self._low = asyncio.Event()
         self._posted = 0
+        self._early: dict[str, list[bytes]] = {}  # relayed before the channel opened
         self._delivered = 0
         self._closed = False
         self.pc = RTCPeerConnection(RTCConfiguration(
@@ -136,11 +139,20 @@ class Peer:
                 await asyncio.wait_for(self._low.wait(), 0.05)
 
     def send_nowait(self, label: str, data: bytes) -> bool:
-        """Send without waiting (for forwarding); False if the channel is not open."""
+        """Send without waiting (for forwarding). Before the channel opens, packets wait
+        for it (up to a bound); False if the channel is closed or the wait is full."""
         ch = self._channels.get(label)
-        if ch is None or ch.readyState != "open":
+        if ch is not None and ch.readyState == "open":
+            ch.send(data)
+            return True
+        if self._closed or (ch is not None and ch.readyState in ("closing", "closed")):
             return False
-        ch.send(data)
+        waiting = self._early.setdefault(label, [])
+        if len(waiting) >= _EARLY_LIMIT:
+            _log.warning("%s: channel %s not open yet and %d packets waiting; dropped",
+                         self.name, label, len(waiting))
+            return False
+        waiting.append(data)
         return True
 
     async def close(self) -> None:
@@ -161,6 +173,8 @@ class Peer:
 
         def opened() -> None:
             self._opened[label].set()
+            for data in self._early.pop(label, []):
+                ch.send(data)
 
         def message(data: bytes | str) -> None:
             if self._on_data is not None:
