@@ -113,14 +113,18 @@ def run_in_process(name: str, run: Callable[[], Mapping[str, float | str]]) -> C
 
 
 def stop(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(grace)
+    from tests.netns import stop_process
+
+    stop_process(proc, grace)
+
+
+def why_no_namespace(loopback: bool) -> str | None:
+    """Why the run stays on loopback (room only), or None to use a network namespace."""
+    if loopback:
+        return "--loopback given"
+    from tests.netns import netns_unavailable
+
+    return netns_unavailable()
 
 
 def tail(f: IO[str], lines: int = 15) -> str:

@@ -38,6 +38,7 @@ from bench._harness import (
     run_in_netns,
     run_in_process,
     table,
+    why_no_namespace,
     worker_line,
 )
 from bench._harness import mint as _mint
@@ -191,12 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 
     backends = ["asyncio", "trio"] if args.backend == "both" else [args.backend]
     started = time.monotonic()
-    if args.loopback:
-        reason: str | None = "--loopback given"
-    else:
-        from tests.netns import netns_unavailable
-
-        reason = netns_unavailable()
+    reason = why_no_namespace(args.loopback)
     if reason is None:
         columns, where = _run_netns(backends, args.count, args.count_15k, args.timeout,
                                     args.worker_timeout)

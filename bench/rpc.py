@@ -60,6 +60,7 @@ from bench._harness import (
     run_in_netns,
     run_in_process,
     table,
+    why_no_namespace,
     worker_line,
 )
 from bench._harness import mint as _mint
@@ -293,12 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     backends = ["asyncio", "trio"] if args.backend == "both" else [args.backend]
     sizes = [args.calls, args.concurrency, args.concurrent_calls, _file_bytes(args)]
     started = time.monotonic()
-    if args.loopback:
-        reason: str | None = "--loopback given"
-    else:
-        from tests.netns import netns_unavailable
-
-        reason = netns_unavailable()
+    reason = why_no_namespace(args.loopback)
     if reason is None:
         common = ["--calls", str(args.calls), "--concurrency", str(args.concurrency),
                   "--concurrent-calls", str(args.concurrent_calls),

@@ -59,7 +59,8 @@ def _ip(*args: str) -> None:
         raise RuntimeError(f"ip {' '.join(args)} failed: {res.stderr.strip() or res.returncode}")
 
 
-def _stop(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
+def stop_process(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
+    """Terminate ``proc`` (one we started), then kill it if it lingers."""
     if proc.poll() is not None:
         return
     proc.terminate()
@@ -90,7 +91,7 @@ def netns() -> Iterator[NetNs]:
     finally:
         for proc in reversed(ns.procs):
             with contextlib.suppress(Exception):
-                _stop(proc)
+                stop_process(proc)
         # Deleting the namespace also deletes the veth pair inside it.
         subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
 
