@@ -239,6 +239,7 @@ class DevServer:
         finally:
             room.leave(session, session.close_reason or models.DisconnectReason.SIGNAL_CLOSE)
             self._forget_if_empty(room)
+            session.inbox.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 await session.rtc.close()
             _log.info("dev server: %s left %s", grants.identity, grants.room)

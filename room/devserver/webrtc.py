@@ -111,6 +111,7 @@ class SessionRtc:
 
     async def close(self) -> None:
         self._inbox.close()
+        self._requests.close()
         for peer in (self.publisher, self.subscriber):
             if peer is not None:
                 await self._loop.run(peer.close)

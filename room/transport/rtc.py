@@ -132,6 +132,7 @@ class RtcTransport:
 
     async def close(self) -> None:
         self._inbox.close()
+        self._messages.close()
         for peer in (self._publisher, self._subscriber):
             if peer is not None:
                 await self._loop.run(peer.close)
