@@ -15,12 +15,20 @@ __all__ = ["DataPacket", "SipDTMF", "TranscriptionSegment"]
 
 @dataclass(frozen=True, slots=True)
 class DataPacket:
-    """A user data packet; ``participant`` is None when the server itself sent it."""
+    """A user data packet.
+
+    ``participant_identity`` is the sender's identity as the server stamped it (``""`` for
+    data the server itself sent). ``participant`` is that sender's `RemoteParticipant`, or
+    None for server data and for a sender this client has not been told about yet:
+    LiveKit servers announce participants that publish no track up to a few seconds after
+    they join, and their data may arrive first.
+    """
 
     data: bytes
     kind: DataPacketKind
     participant: RemoteParticipant | None
     topic: str | None = None
+    participant_identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)

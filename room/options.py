@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -40,13 +41,32 @@ class IceServer:
 
 @dataclass(frozen=True, slots=True)
 class RtcConfiguration:
-    """WebRTC settings; ``ice_servers`` here are used in addition to the server's."""
+    """WebRTC settings; ``ice_servers`` here are used in addition to the server's.
+
+    ``host_addresses``: the local IP addresses to gather host ICE candidates on. None (the
+    default) means every non-loopback interface, as libwebrtc does, except against
+    `room`'s own dev server reached over loopback, where it means loopback only. Name
+    addresses when some interfaces cannot reach the server: gathering on them is useless
+    and, with STUN servers listed, slow (see docs/networking.md).
+    """
 
     ice_transport_type: IceTransportType = IceTransportType.ALL
     continual_gathering_policy: ContinualGatheringPolicy = (
         ContinualGatheringPolicy.GATHER_CONTINUALLY
     )
     ice_servers: Sequence[IceServer] = ()
+    host_addresses: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.host_addresses is not None:
+            if isinstance(self.host_addresses, str):
+                raise TypeError("host_addresses must be a sequence of IP addresses, not a str")
+            for address in self.host_addresses:
+                try:
+                    ipaddress.ip_address(address)
+                except (TypeError, ValueError):
+                    raise ValueError(f"host_addresses: {address!r} is not an IP address"
+                                     ) from None
 
 
 @dataclass(frozen=True, slots=True)

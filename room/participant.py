@@ -90,6 +90,14 @@ class LocalParticipant(Participant):
         # Servers that send no permission block impose none.
         self.can_publish_data = (info.permission.can_publish_data
                                  if info.HasField("permission") else True)
+        # The token's legacy ``video.agent`` grant also makes an agent (set by the room).
+        self._agent_grant = False
+
+    @property
+    def is_agent(self) -> bool:
+        """Whether the server treats us as an agent (token kind "agent", or the legacy
+        ``video.agent`` grant): only agents' transcriptions are forwarded."""
+        return self.kind is ParticipantKind.AGENT or self._agent_grant
 
     @property
     def track_publications(self) -> Mapping[str, LocalTrackPublication]:
@@ -181,9 +189,17 @@ class LocalParticipant(Participant):
         participant_identity: str | None = None, track_sid: str = "",
     ) -> None:
         """Publish transcription ``segments`` of ``participant_identity``'s track
-        ``track_sid`` (default: our own identity) to everyone."""
+        ``track_sid`` (default: our own identity) to everyone.
+
+        LiveKit servers forward transcriptions only from agents: raises
+        `PublishDataError` unless the token makes us one (kind "agent")."""
         if not all(isinstance(s, TranscriptionSegment) for s in segments):
             raise TypeError("segments must be TranscriptionSegment values")
+        if not self.is_agent:
+            from room.errors import PublishDataError
+
+            raise PublishDataError("LiveKit servers forward transcriptions only from agent "
+                                   "participants: join with a token of kind 'agent'")
         await self._send_packet(models.DataPacket(
             kind=models.DataPacket.Kind.RELIABLE, participant_identity=self.identity,
             transcription=models.Transcription(

@@ -18,6 +18,7 @@ from types import MappingProxyType, TracebackType
 from urllib.parse import urlsplit
 
 import anyio
+import jwt
 from aiortc import RTCIceServer
 from anyio.abc import TaskGroup, TaskStatus
 from google.protobuf.message import DecodeError
@@ -43,7 +44,7 @@ from room.participant import LocalParticipant, RemoteParticipant
 from room.rpc import RpcManager
 from room.state import RoomState
 from room.streams import ByteStreamReader, StreamManager, TextStreamReader
-from room.transport.ice import host_addresses_for
+from room.transport.ice import client_host_addresses
 from room.transport.keepalive import Keepalive
 from room.transport.rtc import LOSSY, RELIABLE, RtcTransport
 from room.transport.signal import SignalClosed, SignalConnection, connect_signal
@@ -100,7 +101,6 @@ class Room:
         self._streams = StreamManager(send_packet=self._send_reliable,
                                       local_identity=lambda: self.local_participant.identity)
         self._rpc = RpcManager(send_packet=self._send_reliable,
-                               is_present=lambda identity: identity in self.remote_participants,
                                local_identity=lambda: self.local_participant.identity)
 
     # -- connecting --------------------------------------------------------------------
@@ -176,6 +176,7 @@ class Room:
     def _joined(self, signal: SignalConnection, join: rtc.JoinResponse) -> None:
         self._signal = signal
         local = LocalParticipant(join.participant, engine=self)
+        local._agent_grant = _video_grant(self._token).get("agent") is True
         self._state = RoomState(join, local)
         if self._state.sid:
             self._sid_known.set()
@@ -191,9 +192,11 @@ class Room:
                                 credential=s.credential or None) for s in join.ice_servers]
         servers += [RTCIceServer(urls=list(s.urls), username=s.username or None,
                                  credential=s.credential or None) for s in config.ice_servers]
+        hosts = client_host_addresses(urlsplit(url).hostname or "", join.server_info.node_id,
+                                      config.host_addresses)
         return RtcTransport(
             send_signal=self._send, on_packet=self._on_packet, on_failure=self._on_rtc_failure,
-            ice_servers=servers, host_addresses=host_addresses_for(urlsplit(url).hostname or ""),
+            ice_servers=servers, host_addresses=hosts, subscriber_primary=join.subscriber_primary,
             relay_only=config.ice_transport_type is IceTransportType.RELAY)
 
     # -- public surface ----------------------------------------------------------------
@@ -511,6 +514,17 @@ class Room:
             name = rtc.RequestResponse.Reason.Name(resp.reason) if resp.reason in (
                 rtc.RequestResponse.Reason.values()) else str(resp.reason)
             pending.finish(RequestRefusedError(name, resp.message))
+
+
+def _video_grant(token: str) -> dict[str, object]:
+    """The token's ``video`` grant, unverified (the server verifies it; we only read what
+    it allows us, to refuse early what the server would drop)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+    video = claims.get("video")
+    return video if isinstance(video, dict) else {}
 
 
 class _RoomContext:

@@ -100,10 +100,8 @@ class _Call:
 class RpcManager:
     """Registered methods, calls in flight and running invocations of one room."""
 
-    def __init__(self, *, send_packet: SendPacket, is_present: Callable[[str], bool],
-                 local_identity: Callable[[], str]) -> None:
+    def __init__(self, *, send_packet: SendPacket, local_identity: Callable[[], str]) -> None:
         self._send_packet = send_packet
-        self._is_present = is_present
         self._local_identity = local_identity
         self._handlers: dict[str, RpcHandler] = {}
         self._calls: dict[str, _Call] = {}
@@ -144,8 +142,9 @@ class RpcManager:
             raise ConnectionClosedError("the room is disconnected")
         if len(payload.encode()) > MAX_PAYLOAD:
             raise builtin_error(RpcErrorCode.REQUEST_PAYLOAD_TOO_LARGE)
-        if not self._is_present(destination_identity):
-            raise builtin_error(RpcErrorCode.RECIPIENT_NOT_FOUND)
+        # No presence check: LiveKit servers announce participants that publish nothing
+        # up to a few seconds late, so an identity we have not seen may well be there. A
+        # call to nobody is not acknowledged and fails with CONNECTION_TIMEOUT.
         request_id = str(uuid.uuid4())
         call = self._calls[request_id] = _Call(destination_identity)
         started = anyio.current_time()

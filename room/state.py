@@ -95,15 +95,19 @@ class RoomState:
         """The events a received data packet causes (``kind``: the channel it came on).
 
         The sender is the participant the server stamped (``participant_identity``); a
-        packet from the server itself, or from someone we do not know, has none.
+        packet from the server itself has none, and one from someone not announced yet
+        keeps only the identity.
         """
         which = packet.WhichOneof("value")
-        sender = self.remote.get(packet.participant_identity) if (
-            packet.participant_identity) else None
+        identity = packet.participant_identity
+        if not identity and which == "user":
+            identity = packet.user.participant_identity  # older servers stamp only this
+        sender = self.remote.get(identity) if identity else None
         if which == "user":
             user = packet.user
             topic = user.topic if user.HasField("topic") else None
-            return [DataReceived(DataPacket(bytes(user.payload), kind, sender, topic))]
+            return [DataReceived(DataPacket(bytes(user.payload), kind, sender, topic,
+                                            identity))]
         if which == "sip_dtmf":
             dtmf = packet.sip_dtmf
             return [SipDTMFReceived(SipDTMF(dtmf.code, dtmf.digit, sender))]

@@ -1,10 +1,12 @@
 """ICE details: which local addresses to gather, and LiveKit's JSON trickle candidates.
 
-aioice gathers host candidates from every interface except loopback. For a dev server and
-clients on one machine with no network that yields nothing usable, so `room` can restrict
-gathering to chosen addresses (127.0.0.1 included): `host_addresses_for` picks them from
-the address the signalling connection uses (a loopback URL means loopback candidates
-only), and `use_host_addresses` applies them to the aiortc work of the current task.
+aioice gathers host candidates from every interface except loopback, as libwebrtc does,
+and a LiveKit server offers its own candidates on its node's non-loopback address: that is
+what a client must do against any real server, even one on the same machine. `room`'s own
+dev server is different: on a loopback address it offers only loopback candidates, so a
+client talking to it over loopback gathers on loopback only (`client_host_addresses`).
+The user may also name the addresses explicitly (``RtcConfiguration.host_addresses``).
+`use_host_addresses` applies the choice to the aiortc work of the current task.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 
 __all__ = [
+    "DEVSERVER_NODE_ID",
     "candidate_from_json",
+    "client_host_addresses",
     "candidate_to_json",
     "host_addresses_for",
     "sdp_candidates",
@@ -31,6 +35,10 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+# The node id `room.devserver` reports in its join response's ``server_info``: how a client
+# knows it talks to the dev server rather than to livekit-server.
+DEVSERVER_NODE_ID = "room-devserver"
 
 _HOST_ADDRESSES: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
     "room_ice_host_addresses", default=None)
@@ -74,6 +82,20 @@ def host_addresses_for(host: str) -> tuple[str, ...] | None:
         except OSError:
             return None
     return (str(ip),) if ip.is_loopback else None
+
+
+def client_host_addresses(
+    url_host: str, server_node_id: str, configured: Sequence[str] | None,
+) -> tuple[str, ...] | None:
+    """Where a client gathers host candidates: ``configured`` when given; loopback only
+    for `room`'s dev server reached over loopback; else None (every non-loopback
+    interface, like libwebrtc), whatever the URL, since a real server never offers
+    loopback candidates."""
+    if configured is not None:
+        return tuple(configured)
+    if server_node_id == DEVSERVER_NODE_ID:
+        return host_addresses_for(url_host)
+    return None
 
 
 def server_host_addresses(bind_host: str) -> tuple[str, ...] | None:

@@ -61,7 +61,9 @@ class Peer:
         self._delivered = 0
         self._closed = False
         self.pc = RTCPeerConnection(RTCConfiguration(
-            iceServers=list(ice_servers) or None,
+            # An empty list, never None: aiortc turns None into Google's public STUN
+            # server, which costs a DNS lookup (and a stall without internet) per peer.
+            iceServers=list(ice_servers),
             iceTransportPolicy=(RTCIceTransportPolicy.RELAY if relay_only
                                 else RTCIceTransportPolicy.ALL)))
         self.pc.on("datachannel", self._adopt)
@@ -78,9 +80,20 @@ class Peer:
         return self.pc.localDescription.sdp
 
     async def answer(self, offer_sdp: str) -> str:
-        """Accept a remote offer; return our answer SDP (candidates included)."""
+        """Accept a remote offer; return our answer SDP (candidates included).
+
+        Media m-lines are answered inactive: `room` does not receive media yet, and an
+        aiortc receiver would decode every frame into a queue nobody reads (unbounded).
+        A LiveKit server offers the tracks of the room as soon as we join with
+        auto_subscribe."""
         with use_host_addresses(self._host_addresses):
             await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.kind in ("audio", "video") and (
+                        transceiver.direction != "inactive"):
+                    _log.info("%s: %s m-line %s declined (no media support yet)",
+                              self.name, transceiver.kind, transceiver.mid)
+                    transceiver.direction = "inactive"
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription.sdp
 
@@ -89,9 +102,17 @@ class Peer:
             await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
 
     async def add_candidate(self, candidate_init: str) -> None:
-        """Add a trickled candidate (LiveKit's JSON); unusable or late ones are ignored."""
+        """Add a trickled candidate (LiveKit's JSON); unusable or late ones are ignored.
+
+        So are mDNS candidates (``<uuid>.local``: how browsers hide their host addresses).
+        aioice would resolve the name first, and this connection's negotiation would wait
+        for that (up to a second per candidate, usually for nothing), while the browser's
+        own connectivity checks reveal the address anyway: a peer-reflexive candidate."""
         candidate = candidate_from_json(candidate_init)
         if candidate is None or self.pc.remoteDescription is None:
+            return
+        if candidate.ip.lower().endswith(".local"):
+            _log.debug("%s: mDNS candidate %s not resolved", self.name, candidate.ip)
             return
         try:
             await self.pc.addIceCandidate(candidate)
@@ -154,6 +175,12 @@ class Peer:
             return False
         waiting.append(data)
         return True
+
+    def close_channel(self, label: str) -> None:
+        """Close our channel ``label`` (as a server does to a sender that broke it)."""
+        ch = self._channels.get(label)
+        if ch is not None:
+            ch.close()
 
     async def close(self) -> None:
         if not self._closed:

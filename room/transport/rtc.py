@@ -44,9 +44,10 @@ class RtcTransport:
         self, *, send_signal: Callable[[rtc.SignalRequest], Awaitable[None]],
         on_packet: Callable[[str, bytes], None], on_failure: Callable[[str], None],
         ice_servers: Sequence[RTCIceServer], host_addresses: Sequence[str] | None,
-        relay_only: bool = False,
+        subscriber_primary: bool = True, relay_only: bool = False,
     ) -> None:
         self._relay_only = relay_only
+        self._subscriber_primary = subscriber_primary
         self._send_signal = send_signal
         self._on_packet = on_packet
         self._on_failure = on_failure
@@ -87,10 +88,15 @@ class RtcTransport:
         await self._send_description("offer", sdp, _PUBLISHER)
 
     async def wait_ready(self) -> None:
-        """Until both connections carry open data channels (we can send and receive)."""
+        """Until we can send and receive data: our publisher channels are open and, when
+        the subscriber connection is primary, the server's channels on it too. When it is
+        not (a token without canSubscribe), the server sends nothing on the subscriber
+        connection until there is media to subscribe to, and delivers data on our
+        publisher channels instead."""
         assert self._publisher is not None and self._subscriber is not None
         await self._loop.run(self._publisher.wait_open, RELIABLE, LOSSY)
-        await self._loop.run(self._subscriber.wait_open, RELIABLE)
+        if self._subscriber_primary:
+            await self._loop.run(self._subscriber.wait_open, RELIABLE)
 
     def post(self, msg: rtc.SignalResponse) -> None:
         """Queue the server's ``offer``, ``answer`` or ``trickle`` (never blocks)."""
