@@ -16,7 +16,7 @@ from typing import Any
 
 import jwt
 
-__all__ = ["AuthError", "Grants", "mint_token", "verify_token"]
+__all__ = ["AuthError", "Grants", "mint_token", "verify_api_token", "verify_token"]
 
 # Clock skew allowed on exp/nbf, as LiveKit's server allows.
 _LEEWAY = 60.0
@@ -46,6 +46,7 @@ class Grants:
     can_publish_data: bool = True
     can_update_own_metadata: bool = False
     hidden: bool = False
+    agent: bool = False  # kind "agent" or the legacy video.agent grant
 
 
 def mint_token(
@@ -96,30 +97,7 @@ def verify_token(token: str | None, keys: Mapping[str, str]) -> Grants:
     """Check ``token`` against ``keys`` (API key → secret) and return its grants."""
     if not token:
         raise AuthError(401, "no permissions to access the room")
-    try:
-        unverified = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        raise AuthError(401, "invalid authorization token") from None
-    secret = keys.get(str(unverified.get("iss", "")))
-    if secret is None:
-        raise AuthError(401, "invalid API key")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
-            claims = jwt.decode(token, secret, algorithms=["HS256"], leeway=_LEEWAY,
-                                options={"require": ["exp"]})
-    except jwt.ExpiredSignatureError:
-        raise AuthError(
-            401, "invalid authorization token: token has invalid claims: token is expired"
-        ) from None
-    except jwt.ImmatureSignatureError:
-        raise AuthError(
-            401, "invalid authorization token: token has invalid claims: token is not valid yet"
-        ) from None
-    except jwt.InvalidSignatureError:
-        raise AuthError(401, "invalid authorization token: signature is invalid") from None
-    except jwt.PyJWTError as exc:
-        raise AuthError(401, f"invalid authorization token: {exc}") from None
+    claims = _verified_claims(token, keys, require=("exp",))
     video = claims.get("video")
     if not isinstance(video, dict):
         raise AuthError(401, "no permissions to access the room")
@@ -144,10 +122,51 @@ def verify_token(token: str | None, keys: Mapping[str, str]) -> Grants:
         kind=_str(claims.get("kind")),
         can_publish=_flag(video, "canPublish", True),
         can_subscribe=_flag(video, "canSubscribe", True),
-        can_publish_data=_flag(video, "canPublishData", True),
+        # As on livekit-server: without its own flag, publishing data follows canPublish.
+        can_publish_data=_flag(video, "canPublishData", _flag(video, "canPublish", True)),
+        agent=bool(video.get("agent")) or _str(claims.get("kind")) == "agent",
         can_update_own_metadata=_flag(video, "canUpdateOwnMetadata", False),
         hidden=_flag(video, "hidden", False),
     )
+
+
+def verify_api_token(token: str, keys: Mapping[str, str]) -> Mapping[str, Any]:
+    """Check a server API token (signature, and ``exp``/``nbf`` when present, as
+    livekit-server checks them) and return its ``video`` grant ({} if it has none).
+    Unlike a join token it needs no identity, room or ``roomJoin``."""
+    video = _verified_claims(token, keys, require=()).get("video")
+    return video if isinstance(video, dict) else {}
+
+
+def _verified_claims(token: str, keys: Mapping[str, str], *, require: tuple[str, ...]
+                     ) -> dict[str, Any]:
+    try:
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise AuthError(401, "invalid authorization token") from None
+    api_key = str(unverified.get("iss", ""))
+    secret = keys.get(api_key)
+    if secret is None:
+        raise AuthError(401, f"invalid API key: {api_key}")  # a key is no secret
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
+            claims: dict[str, Any] = jwt.decode(
+                token, secret, algorithms=["HS256"], leeway=_LEEWAY,
+                options={"require": list(require)})
+    except jwt.ExpiredSignatureError:
+        raise AuthError(
+            401, "invalid authorization token: token has invalid claims: token is expired"
+        ) from None
+    except jwt.ImmatureSignatureError:
+        raise AuthError(
+            401, "invalid authorization token: token has invalid claims: token is not valid yet"
+        ) from None
+    except jwt.InvalidSignatureError:
+        raise AuthError(401, "invalid authorization token: signature is invalid") from None
+    except jwt.PyJWTError as exc:
+        raise AuthError(401, f"invalid authorization token: {exc}") from None
+    return claims
 
 
 def _flag(video: Mapping[str, Any], key: str, default: bool) -> bool:

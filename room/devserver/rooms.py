@@ -8,8 +8,10 @@ outbox overflows is disconnected rather than allowed to stall the room.
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Mapping
 
@@ -26,10 +28,10 @@ __all__ = ["DevRoom", "Session", "new_sid"]
 _log = logging.getLogger(__name__)
 
 _OUTBOX = 4096
-# LiveKit's default limits for what participants may set about themselves.
+# livekit-server's default limits for what participants may set about themselves (bytes).
 MAX_NAME = 256
-MAX_METADATA = 64_000
-MAX_ATTRIBUTES = 64_000
+MAX_METADATA = 512 * 1024
+MAX_ATTRIBUTES = 64 * 1024
 
 _KINDS = {"ingress": 1, "egress": 2, "sip": 3, "agent": 4}
 
@@ -73,11 +75,19 @@ class Session:
             rtc.SignalResponse | None](_OUTBOX)
         self.closed = anyio.Event()
         self.close_reason = models.DisconnectReason.UNKNOWN_REASON
-        self.last_seen = anyio.current_time()
         self.ws: WebSocket | None = None  # set by the connection that owns the session
         self.rtc: SessionRtc | None = None  # its peer connections (same owner)
         # A simulated network partition: nothing is sent to it or taken from it.
         self.partitioned = False
+        # The highest reliable data sequence relayed from it (aiortc loop only).
+        self.last_reliable_sequence = 0
+
+    @property
+    def subscriber_primary(self) -> bool:
+        """Whether its subscriber connection is the primary one, as livekit-server decides:
+        the client's protocol supports it (> 2) and its token may subscribe. If not, no
+        subscriber connection is offered and data reaches it on its publisher connection."""
+        return self.protocol > 2 and self.grants.can_subscribe
 
     @property
     def identity(self) -> str:
@@ -108,14 +118,29 @@ class Session:
 
 
 class DevRoom:
-    """A room: its `models.Room` and the sessions in it, keyed by identity."""
+    """A room: its `models.Room` and the sessions in it, keyed by identity.
 
-    def __init__(self, name: str) -> None:
+    Presence is announced as livekit-server announces it: changes a participant makes to
+    itself (metadata, name, attributes) reach everyone at once, but joins, leaves and
+    other state changes of a participant that publishes nothing are queued, one pending
+    update per identity, and sent to everyone by `flush` (the server calls it every
+    ``presence_interval`` seconds; livekit-server's interval is 3 s). A later joiner still
+    sees everyone at once in its join response. ``presence_interval=0`` announces
+    everything at once.
+    """
+
+    def __init__(self, name: str, *, presence_interval: float = 0.0) -> None:
         self.model = models.Room(
             sid=new_sid("RM_"), name=name, creation_time=int(time.time()),
             creation_time_ms=int(time.time() * 1000), empty_timeout=300, departure_timeout=20,
         )
         self.sessions: dict[str, Session] = {}
+        self.presence_interval = presence_interval
+        # Queued presence updates, by identity: (info snapshot, why it closed).
+        self._batched: dict[str, tuple[models.ParticipantInfo, int]] = {}
+        # Recent user packet nonces (livekit-server keeps 100), from both loops.
+        self._nonces: collections.deque[bytes] = collections.deque(maxlen=100)
+        self._nonce_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -133,7 +158,7 @@ class DevRoom:
             self.leave(old, models.DisconnectReason.DUPLICATE_IDENTITY, notify_self=False)
         self.sessions[session.identity] = session
         self.model.num_participants = len(self.sessions)
-        self._broadcast_info(session)
+        self._announce(session.info, to_self=None)
 
     def leave(self, session: Session, reason: models.DisconnectReason,
               *, notify_self: bool = False) -> None:
@@ -153,7 +178,7 @@ class DevRoom:
         gone.disconnect_reason = reason
         gone.version += 1
         if not session.hidden:
-            self.broadcast(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[gone])))
+            self._announce(gone, to_self=None, close_reason=reason)
 
     def update_participant(
         self, session: Session, *, name: str, metadata: str, attributes: Mapping[str, str]
@@ -167,14 +192,16 @@ class DevRoom:
             return rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "exceeds name length limit"
         if len(metadata.encode()) > MAX_METADATA:
             return rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "exceeds metadata size limit"
+        # livekit-server checks the size of the update's attributes, not of the result.
+        if sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items()
+               ) > MAX_ATTRIBUTES:
+            return rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "exceeds attributes size limit"
         merged = dict(session.info.attributes)
         for key, value in attributes.items():
             if value:
                 merged[key] = value
             else:
                 merged.pop(key, None)
-        if sum(len(k.encode()) + len(v.encode()) for k, v in merged.items()) > MAX_ATTRIBUTES:
-            return rtc.RequestResponse.Reason.LIMIT_EXCEEDED, "exceeds attributes size limit"
         info = session.info
         changed = False
         if name and name != info.name:
@@ -186,9 +213,25 @@ class DevRoom:
             info.attributes.update(merged)
             changed = True
         if changed:
-            info.version += 1
-            self._broadcast_info(session)
+            self.changed(session)
         return rtc.RequestResponse.Reason.OK, ""
+
+    def changed(self, session: Session) -> None:
+        """``session``'s info was changed (by itself or by the server API): a new version,
+        announced to everyone at once, as livekit-server announces such changes."""
+        session.info.version += 1
+        self._announce(session.info, to_self=session, immediate=True)
+
+    def repeated_nonce(self, nonce: bytes) -> bool:
+        """Whether a user packet with this 16-byte ``nonce`` was seen lately in this room
+        (livekit-server drops the repeat); remembers it if not. Any thread."""
+        if len(nonce) != 16:
+            return False
+        with self._nonce_lock:
+            if nonce in self._nonces:
+                return True
+            self._nonces.append(nonce)
+            return False
 
     def set_metadata(self, metadata: str) -> None:
         self.model.metadata = metadata
@@ -201,9 +244,62 @@ class DevRoom:
             if s is not exclude:
                 s.send(msg)
 
-    def _broadcast_info(self, session: Session) -> None:
-        msg = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[session.info]))
-        if session.hidden:
-            session.send(msg)  # hidden participants are seen only by themselves
+    def _announce(self, info: models.ParticipantInfo, *, to_self: Session | None,
+                  immediate: bool = False, close_reason: int = 0) -> None:
+        """Tell the room about ``info`` (a change of that participant), as livekit-server
+        does: at once if ``immediate`` or the participant publishes, else at the next
+        `flush`. ``to_self``: the participant itself, told at once (for its own
+        changes); otherwise it learns with everyone else. Hidden participants are
+        announced only to themselves."""
+        snapshot = models.ParticipantInfo()
+        snapshot.CopyFrom(info)
+        hidden = info.permission.hidden
+        if to_self is not None and (hidden or not (
+                immediate or info.is_publisher or not self.presence_interval)):
+            to_self.send(_update([snapshot]))
+        if hidden:
+            return
+        pending = self._batched.pop(info.identity, None)
+        updates: list[tuple[models.ParticipantInfo, int]] = []
+        if pending is not None:
+            older, _ = pending
+            if older.sid == snapshot.sid:
+                if older.version > snapshot.version:  # out of order: keep the newer
+                    self._batched[info.identity] = pending
+                    return
+            else:
+                # Another session of that identity is queued: announce the switch now.
+                older.state = models.ParticipantInfo.State.DISCONNECTED
+                updates.append((older, _SYNTHESIZED))
+                immediate = True
+        if immediate or snapshot.is_publisher or not self.presence_interval:
+            updates.append((snapshot, close_reason))
+            self._send_updates(updates)
         else:
-            self.broadcast(msg)
+            self._batched[info.identity] = (snapshot, close_reason)
+
+    def flush(self) -> None:
+        """Send the queued presence updates to everyone."""
+        if self._batched:
+            updates = list(self._batched.values())
+            self._batched.clear()
+            self._send_updates(updates)
+
+    def _send_updates(self, updates: list[tuple[models.ParticipantInfo, int]]) -> None:
+        # Clients that reconnect by identity (protocol > 11) are not told about a session
+        # replaced by a newer one of the same identity: the newer one's info says it all.
+        everything = _update([info for info, _ in updates])
+        filtered = _update([info for info, why in updates if why not in _SKIPPABLE])
+        for s in list(self.sessions.values()):
+            msg = filtered if s.protocol > 11 else everything
+            if msg.update.participants:
+                s.send(msg)
+
+
+# A queued update of a session replaced by another of the same identity.
+_SYNTHESIZED = -1
+_SKIPPABLE = (_SYNTHESIZED, models.DisconnectReason.DUPLICATE_IDENTITY)
+
+
+def _update(infos: list[models.ParticipantInfo]) -> rtc.SignalResponse:
+    return rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=infos))

@@ -1,7 +1,8 @@
 """`DevServer`: a LiveKit-compatible server for tests and local development.
 
 It listens on one TCP port for ``/rtc`` (signalling WebSocket), ``/rtc/validate`` (why a
-join would fail) and answers 404 on ``/rtc/v1`` so official SDKs fall back to ``/rtc``.
+join would fail) and answers 404 on ``/rtc/v1`` so official SDKs fall back to ``/rtc``;
+``/twirp/livekit.RoomService/...`` is LiveKit's server API (`room.devserver.service`).
 Its lifetime is an ``async with``: a task group owns the listener and every connection.
 """
 
@@ -16,12 +17,15 @@ import anyio
 from anyio.abc import Listener, SocketStream, TaskGroup, TaskStatus
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
+from livekit.protocol import room as proto_room
 
 from room.devserver.auth import AuthError, Grants, mint_token, verify_token
-from room.devserver.http import HttpRequest, Reject, WebSocket, serve_connection
+from room.devserver.http import HttpRequest, Reject, Response, WebSocket, serve_connection
 from room.devserver.rooms import DevRoom, Session
+from room.devserver.service import ROOM_SERVICE_PATH, RoomService, TwirpError
 from room.devserver.webrtc import SessionRtc
-from room.transport.ice import server_host_addresses
+from room.transport.ice import DEVSERVER_NODE_ID, server_host_addresses
+from room.transport.peer import RELIABLE
 
 __all__ = ["DevServer"]
 
@@ -29,25 +33,37 @@ _log = logging.getLogger(__name__)
 
 SERVER_VERSION = "1.9.0"
 _PROTOCOL = 16
-# Data packets larger than this (serialized) are dropped: LiveKit's data channel limit.
-MAX_DATA_PACKET = 64_000
+# A data channel message larger than this closes the sender's channel: livekit-server's
+# SCTP read buffer.
+MAX_RECEIVED_MESSAGE = 65_535
 
 
 class DevServer:
     """Run with ``async with DevServer() as server:``; ``server.url`` is where to connect.
 
     ``ping_interval`` and ``ping_timeout`` (seconds) are what the join response tells
-    clients; a participant silent for ``ping_timeout`` is dropped.
+    clients. As on livekit-server, a client that stops pinging is not dropped for it
+    (its connection closing is what ends it), but one whose WebRTC does not connect within
+    ``join_timeout`` seconds (livekit-server: 60) is removed. ``presence_interval``
+    (seconds): how long joins and leaves of participants that publish nothing may wait
+    before the others hear of them, as on livekit-server (3 s); 0 announces them at once.
     """
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, api_key: str = "devkey",
         api_secret: str = "secret", *, ping_interval: int = 5, ping_timeout: int = 15,
+        presence_interval: float = 3.0, join_timeout: float = 60.0,
     ) -> None:
         if not api_key or not api_secret:
             raise ValueError("api_key and api_secret must not be empty")
         if ping_interval < 1 or ping_timeout < ping_interval:
             raise ValueError("need 1 <= ping_interval <= ping_timeout (whole seconds)")
+        if not 0 <= presence_interval < float("inf"):
+            raise ValueError("presence_interval must be a non-negative number of seconds")
+        if not join_timeout > 0:
+            raise ValueError("join_timeout must be positive")
+        self.presence_interval = presence_interval
+        self.join_timeout = join_timeout
         self.host = host
         self.port = port
         self.api_key = api_key
@@ -56,7 +72,12 @@ class DevServer:
         self.ping_timeout = ping_timeout
         self._keys = {api_key: api_secret}
         self._rooms: dict[str, DevRoom] = {}
+        # The server API; it also decides how long rooms live (see its module).
+        self._service = RoomService(self._rooms, self._keys,
+                                    presence_interval=self.presence_interval)
         self._tg: TaskGroup | None = None
+        self._serving: anyio.CancelScope | None = None
+        self._connections: TaskGroup | None = None
         self._listener: Listener[SocketStream] | None = None
 
     def __repr__(self) -> str:
@@ -70,7 +91,11 @@ class DevServer:
         self.port = self._listener.extra(anyio.abc.SocketAttribute.local_port)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._accept_loop)
+        try:
+            await self._tg.start(self._serve)
+        except BaseException:
+            await self._tg.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(
@@ -78,6 +103,20 @@ class DevServer:
         tb: TracebackType | None,
     ) -> None:
         assert self._tg is not None and self._listener is not None
+        await self.shutdown()
+        try:
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._listener.aclose()
+            self._rooms.clear()
+
+    async def shutdown(self) -> None:
+        """Stop serving: tell every participant (SERVER_SHUTDOWN), close every connection.
+        Leaving ``async with`` does this too; call it to stop the server from another
+        task (as a fault in a test). Idempotent."""
+        if self._serving is None or self._serving.cancel_called:
+            return
         # Tell every participant first, writing directly: when we are cancelled from
         # outside, the connections' writer tasks are already being cancelled.
         leave = rtc.SignalResponse(leave=rtc.LeaveRequest(
@@ -90,13 +129,7 @@ class DevServer:
                     await session.ws.send(leave)
         for r, session in everyone:
             r.leave(session, models.DisconnectReason.SERVER_SHUTDOWN)
-        self._tg.cancel_scope.cancel()
-        try:
-            await self._tg.__aexit__(None, None, None)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._listener.aclose()
-            self._rooms.clear()
+        self._serving.cancel()
 
     async def serve_forever(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                             ) -> None:
@@ -129,26 +162,32 @@ class DevServer:
             hidden=hidden, ttl=ttl)
 
     def rooms(self) -> list[str]:
-        """Names of the live rooms (those with participants)."""
-        return sorted(self._rooms)
+        """Names of the live rooms: those with participants, and empty ones not timed out
+        yet (made by ``CreateRoom``, or just left), as the server API lists them."""
+        return [r.name for r in self._service.list_rooms(proto_room.ListRoomsRequest()).rooms]
 
     def participants(self, room: str) -> list[str]:
         """Identities in ``room`` (hidden ones included); empty if there is no such room."""
-        r = self._rooms.get(room)
-        return sorted(r.sessions) if r else []
+        listed = self._service.list_participants(proto_room.ListParticipantsRequest(room=room))
+        return sorted(p.identity for p in listed.participants)
 
     async def update_room_metadata(self, room: str, metadata: str) -> None:
         """Set a room's metadata and tell everyone in it. Raises LookupError if no such room."""
         if not isinstance(metadata, str):
             raise TypeError("metadata must be a str")
-        self._room(room).set_metadata(metadata)
+        try:
+            self._service.update_room_metadata(
+                proto_room.UpdateRoomMetadataRequest(room=room, metadata=metadata))
+        except TwirpError as exc:
+            raise _python_error(exc, f"no room {room!r}") from None
 
     async def remove_participant(self, room: str, identity: str) -> None:
         """Disconnect ``identity`` (reason PARTICIPANT_REMOVED). Raises LookupError if absent."""
-        r = self._room(room)
-        session = self._session(r, identity)
-        r.leave(session, models.DisconnectReason.PARTICIPANT_REMOVED, notify_self=True)
-        self._forget_if_empty(r)
+        try:
+            self._service.remove_participant(
+                proto_room.RoomParticipantIdentity(room=room, identity=identity))
+        except TwirpError as exc:
+            raise _python_error(exc, f"no participant {identity!r} in room {room!r}") from None
 
     async def simulate_partition(self, room: str, identity: str) -> None:
         """Stop talking to ``identity`` without closing its connection, as if the network
@@ -171,15 +210,33 @@ class DevServer:
         return session
 
     def _forget_if_empty(self, room: DevRoom) -> None:
-        if not room.sessions and self._rooms.get(room.name) is room:
-            del self._rooms[room.name]
+        self._service.room_emptied(room)  # it stays for its departure_timeout
 
     # -- HTTP --------------------------------------------------------------------------
 
+    async def _serve(self, *, task_status: TaskStatus[None]) -> None:
+        """Own the listener's loop, the presence loop and every connection, under one
+        cancel scope of their own (`shutdown` cancels it; the ``async with`` block that
+        started the server is outside it and goes on)."""
+        with anyio.CancelScope() as self._serving:
+            async with anyio.create_task_group() as tg:
+                self._connections = tg
+                tg.start_soon(self._accept_loop)
+                if self.presence_interval:
+                    tg.start_soon(self._presence_loop)
+                task_status.started()
+
+    async def _presence_loop(self) -> None:
+        """Announce queued presence updates, every ``presence_interval`` seconds."""
+        while True:
+            await anyio.sleep(self.presence_interval)
+            for r in list(self._rooms.values()):
+                r.flush()
+
     async def _accept_loop(self) -> None:
-        assert self._listener is not None and self._tg is not None
+        assert self._listener is not None and self._connections is not None
         # anyio sets TCP_NODELAY on accepted sockets; each connection is a task in our group.
-        await self._listener.serve(self._serve_one, task_group=self._tg)
+        await self._listener.serve(self._serve_one, task_group=self._connections)
 
     async def _serve_one(self, stream: SocketStream) -> None:
         await serve_connection(stream, self._on_request, self._on_websocket)
@@ -194,7 +251,9 @@ class DevServer:
             token = request.query.get("access_token", "")
         return verify_token(token, self._keys)
 
-    async def _on_request(self, request: HttpRequest) -> Reject | None:
+    async def _on_request(self, request: HttpRequest) -> Reject | Response | None:
+        if request.path.startswith(ROOM_SERVICE_PATH):
+            return self._service.handle(request)
         path = request.path.rstrip("/")
         if path == "" and not request.is_websocket:
             return Reject(200, "OK")
@@ -208,7 +267,8 @@ class DevServer:
             return Reject(exc.status, exc.text)
         if path == "/rtc/validate":
             return Reject(200, "success")
-        return None if request.is_websocket else Reject(400, "WebSocket upgrade required")
+        # livekit-server answers a plain (non-upgrade) request on /rtc with an empty 404.
+        return None if request.is_websocket else Reject(404, "")
 
     # -- signalling --------------------------------------------------------------------
 
@@ -217,12 +277,10 @@ class DevServer:
         session = Session(grants, _int(request.query.get("protocol")),
                           _int(request.query.get("client_protocol")))
         session.ws = ws
-        room = self._rooms.get(grants.room)
-        if room is None:
-            room = self._rooms[grants.room] = DevRoom(grants.room)
+        room = self._service.room_for_join(grants.room)
         session.rtc = SessionRtc(
             identity=grants.identity, host_addresses=server_host_addresses(self.host),
-            send=session.send,
+            send=session.send, subscriber_primary=session.subscriber_primary,
             on_packet=lambda label, data: self._relay(room, session, label, data))
         session.send(rtc.SignalResponse(join=self._join_response(room, session)))
         room.join(session)
@@ -230,7 +288,7 @@ class DevServer:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._reader, session, room, ws)
-                tg.start_soon(self._watchdog, session)
+                tg.start_soon(self._join_watchdog, session, room)
                 tg.start_soon(session.rtc.run)
                 # The writer ends once the session is closed and its outbox drained (so a
                 # final LeaveRequest is delivered), then closes the socket.
@@ -245,35 +303,76 @@ class DevServer:
             _log.info("dev server: %s left %s", grants.identity, grants.room)
 
     def _relay(self, room: DevRoom, sender: Session, label: str, data: bytes) -> None:
-        """Stamp a packet from ``sender`` with its identity and deliver it (or drop it).
+        """Stamp a packet from ``sender`` and deliver it (or drop it), by livekit-server's
+        rules (pkg/rtc/participant.go, room.go): the sender's identity is stamped over
+        whatever the packet claims (blank for a hidden sender); a reliable packet whose
+        ``sequence`` is not above the last one from that sender is a duplicate; only
+        agents' transcriptions are forwarded; a user packet's destinations are the
+        packet's own if it names any, else its ``user`` part's (identities or sids).
 
         Runs on the aiortc loop (see `room.devserver.webrtc`): it only reads the room's
         membership, taking a snapshot of it, and writes nothing the server's loop owns."""
         if sender.closed.is_set():
             return
-        if not sender.grants.can_publish_data:
-            _log.warning("dev server: %s may not publish data; packet dropped", sender.identity)
+        if len(data) > MAX_RECEIVED_MESSAGE:
+            # livekit-server's SCTP read buffer: a larger message breaks the channel.
+            _log.warning("dev server: %d-byte message from %s; closing its %s channel",
+                         len(data), sender.identity, label)
+            if sender.rtc is not None:
+                sender.rtc.close_channel(label)
             return
-        if len(data) > MAX_DATA_PACKET:
-            _log.warning("dev server: %d-byte packet from %s dropped (limit %d)",
-                         len(data), sender.identity, MAX_DATA_PACKET)
+        if not sender.grants.can_publish_data:
+            _log.info("dev server: %s may not publish data; packet dropped", sender.identity)
             return
         try:
             packet = models.DataPacket.FromString(data)
         except DecodeError:
             _log.warning("dev server: malformed data packet from %s dropped", sender.identity)
             return
-        # The sender is who the server says it is, whatever the packet claims.
-        packet.participant_identity = sender.identity
+        reliable = label == RELIABLE
+        packet.kind = (models.DataPacket.Kind.RELIABLE if reliable
+                       else models.DataPacket.Kind.LOSSY)
+        if reliable and packet.sequence > 0:
+            if packet.sequence <= sender.last_reliable_sequence:
+                _log.info("dev server: duplicate reliable packet %d from %s dropped",
+                          packet.sequence, sender.identity)
+                return
+            sender.last_reliable_sequence = packet.sequence
+        which = packet.WhichOneof("value")
+        if which == "transcription" and not sender.grants.agent:
+            _log.info("dev server: transcription from %s (not an agent) dropped",
+                      sender.identity)
+            return
+        if which in ("metrics", None):
+            return
+        identity = "" if sender.hidden else sender.identity
         packet.participant_sid = sender.info.sid
-        destinations = set(packet.destination_identities)
-        if packet.HasField("user"):
-            packet.user.participant_identity = sender.identity
-            packet.user.participant_sid = sender.info.sid
-            destinations.update(packet.user.destination_identities)
+        keep_claimed = sender.grants.agent and packet.participant_identity not in (
+            "", sender.identity) and (
+            which == "chat_message" or (which == "stream_header"
+                                        and packet.stream_header.HasField("text_header")))
+        if not keep_claimed:  # agents may speak for someone else in chat and text streams
+            packet.participant_identity = identity
+        sids: set[str] = set()
+        if which == "user":
+            user = packet.user
+            if room.repeated_nonce(user.nonce):
+                _log.info("dev server: repeated user packet from %s dropped", sender.identity)
+                return
+            user.participant_identity = identity
+            user.participant_sid = "" if sender.hidden else sender.info.sid
+            if packet.destination_identities:
+                user.destination_identities[:] = packet.destination_identities
+            else:
+                packet.destination_identities[:] = user.destination_identities
+            sids = set(user.destination_sids)
+        identities = set(packet.destination_identities)
         out = packet.SerializeToString()
         for target in list(room.sessions.values()):
-            if target is sender or (destinations and target.identity not in destinations):
+            if target is sender:
+                continue
+            if (identities or sids) and not (target.identity in identities
+                                             or target.info.sid in sids):
                 continue
             if target.rtc is not None:
                 target.rtc.forward(label, out)
@@ -286,10 +385,10 @@ class DevServer:
             server_version=SERVER_VERSION,
             server_info=models.ServerInfo(
                 edition=models.ServerInfo.Edition.Standard, version=SERVER_VERSION,
-                protocol=_PROTOCOL, region="local", node_id="room-devserver"),
+                protocol=_PROTOCOL, region="local", node_id=DEVSERVER_NODE_ID),
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
-            subscriber_primary=session.grants.can_subscribe,
+            subscriber_primary=session.subscriber_primary,
         )
 
     async def _reader(self, session: Session, room: DevRoom, ws: WebSocket) -> None:
@@ -300,7 +399,6 @@ class DevServer:
                 return
             if session.partitioned:
                 continue
-            session.last_seen = anyio.current_time()
             if isinstance(data, str):
                 _log.warning("dev server: %s sent a text frame; ignored", session.identity)
                 continue
@@ -342,15 +440,17 @@ class DevServer:
         session.close(session.close_reason or models.DisconnectReason.SIGNAL_CLOSE)
         await ws.close()  # which also ends the reader
 
-    async def _watchdog(self, session: Session) -> None:
-        while not session.closed.is_set():
-            silent = anyio.current_time() - session.last_seen
-            if silent > self.ping_timeout and not session.partitioned:
-                _log.info("dev server: %s silent for %.1f s; dropping it",
-                          session.identity, silent)
-                session.close(models.DisconnectReason.CONNECTION_TIMEOUT)
-                return
-            await anyio.sleep(min(1.0, self.ping_timeout - silent + 0.05))
+    async def _join_watchdog(self, session: Session, room: DevRoom) -> None:
+        """Remove a participant whose WebRTC never connects within ``join_timeout``
+        (reason JOIN_FAILURE), as livekit-server does after a minute. A client that merely
+        stops pinging is not dropped: livekit-server does not drop it either."""
+        assert session.rtc is not None
+        with anyio.move_on_after(self.join_timeout):
+            await session.rtc.connected.wait()
+            return
+        _log.info("dev server: %s never connected WebRTC in %g s; removing it",
+                  session.identity, self.join_timeout)
+        room.leave(session, models.DisconnectReason.JOIN_FAILURE, notify_self=True)
 
 
 def _int(text: str | None) -> int:
@@ -358,3 +458,8 @@ def _int(text: str | None) -> int:
         return max(0, int(text or "0"))
     except ValueError:
         return 0
+
+
+def _python_error(exc: TwirpError, not_found: str) -> Exception:
+    """A server API refusal as the exception `DevServer`'s own controls raise."""
+    return LookupError(not_found) if exc.code == "not_found" else ValueError(exc.msg)

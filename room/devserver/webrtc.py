@@ -21,7 +21,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from livekit.protocol import rtc
 
-from room.transport.aio import aiortc_loop
+from room.transport.aio import aiortc_loop, call_soon_in_caller
 from room.transport.ice import candidate_to_json, sdp_candidates
 from room.transport.peer import Peer
 
@@ -36,8 +36,9 @@ class SessionRtc:
     def __init__(
         self, *, identity: str, host_addresses: Sequence[str] | None,
         send: Callable[[rtc.SignalResponse], None],
-        on_packet: Callable[[str, bytes], None],
+        on_packet: Callable[[str, bytes], None], subscriber_primary: bool = True,
     ) -> None:
+        self._subscriber_primary = subscriber_primary
         self._identity = identity
         self._hosts = host_addresses
         self._send = send
@@ -51,6 +52,8 @@ class SessionRtc:
             math.inf)
         self._sdp_id = 0
         self._early: list[tuple[str, bytes]] = []  # relayed before our subscriber existed
+        self.connected = anyio.Event()  # set once either connection has connected
+        self._delivery: Peer | None = None  # where packets for the client go (aiortc loop)
 
     def post(self, req: rtc.SignalRequest) -> None:
         """Queue an ``offer``, ``answer`` or ``trickle`` from the client (never blocks)."""
@@ -59,23 +62,21 @@ class SessionRtc:
 
     async def run(self) -> None:
         """Offer the subscriber connection, then handle negotiation messages in order."""
+        soon = call_soon_in_caller()
+
+        def on_state(state: str) -> None:  # on the aiortc loop
+            if state == "connected":
+                soon(self.connected.set)
+
         async def make(name: str) -> Peer:
             return Peer(name=f"{self._identity}/{name}", host_addresses=self._hosts,
-                        on_data=self._on_packet)
+                        on_data=self._on_packet, on_state=on_state)
 
-        subscriber = await self._loop.run(make, "subscriber")
-
-        def adopt() -> None:  # on the aiortc loop, where `forward` runs
-            self.subscriber = subscriber
-            for label, data in self._early:
-                subscriber.send_nowait(label, data)
-            self._early.clear()
-
-        self._loop.call_soon(adopt)
-        await self._loop.run(_noop)  # after this, `adopt` has run (the loop is FIFO)
-        assert self.subscriber is not None
-        sdp = await self._loop.run(subscriber.offer_with_channels)
-        self._describe("offer", sdp, rtc.SignalTarget.SUBSCRIBER)
+        if self._subscriber_primary:
+            subscriber = self.subscriber = await self._loop.run(make, "subscriber")
+            self._loop.call_soon(self._deliver_on, subscriber)
+            sdp = await self._loop.run(subscriber.offer_with_channels)
+            self._describe("offer", sdp, rtc.SignalTarget.SUBSCRIBER)
         async for req in self._requests:
             try:
                 await self._handle(req, make)
@@ -88,6 +89,11 @@ class SessionRtc:
         if which == "offer":
             if self.publisher is None:
                 self.publisher = await self._loop.run(make, "publisher")  # type: ignore[arg-type]
+                assert self.publisher is not None
+                if not self._subscriber_primary:
+                    # No subscriber connection: others' data goes out on the client's own
+                    # channels of this one.
+                    self._loop.call_soon(self._deliver_on, self.publisher)
             assert self.publisher is not None
             sdp = await self._loop.run(self.publisher.answer, req.offer.sdp)
             self._describe("answer", sdp, rtc.SignalTarget.PUBLISHER, req.offer.id)
@@ -99,15 +105,28 @@ class SessionRtc:
             if peer is not None:
                 await self._loop.run(peer.add_candidate, req.trickle.candidateInit)
 
+    def _deliver_on(self, peer: Peer) -> None:
+        """From now on, deliver packets to the client on ``peer`` (aiortc loop)."""
+        self._delivery = peer
+        for label, data in self._early:
+            peer.send_nowait(label, data)
+        self._early.clear()
+
     def forward(self, label: str, data: bytes) -> bool:
-        """Deliver a packet on our subscriber channel ``label``; call on the aiortc loop.
-        Packets that come before the subscriber connection exists wait for it."""
-        if self.subscriber is None:
+        """Deliver a packet to the client on channel ``label`` of its primary connection
+        (the subscriber one, else the publisher one); call on the aiortc loop. Packets
+        that come before that connection exists wait for it."""
+        if self._delivery is None:
             if len(self._early) >= 4096:
                 return False
             self._early.append((label, data))
             return True
-        return self.subscriber.send_nowait(label, data)
+        return self._delivery.send_nowait(label, data)
+
+    def close_channel(self, label: str) -> None:
+        """Close the client's data channel ``label`` (aiortc loop)."""
+        if self.publisher is not None:
+            self.publisher.close_channel(label)
 
     async def close(self) -> None:
         self._inbox.close()
@@ -127,6 +146,3 @@ class SessionRtc:
             self._send(rtc.SignalResponse(trickle=rtc.TrickleRequest(
                 candidateInit=candidate_to_json(candidate), target=target)))
 
-
-async def _noop() -> None:
-    pass
