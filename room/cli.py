@@ -59,7 +59,7 @@ from room.events import (
     TrackUnsubscribed,
     TranscriptionReceived,
 )
-from room.options import RoomOptions
+from room.options import RoomOptions, RtcConfiguration
 from room.participant import Participant
 from room.publication import TrackPublication
 from room.room import Room
@@ -243,7 +243,7 @@ def _token(args: argparse.Namespace) -> int:
 # -- join ----------------------------------------------------------------------------------
 
 
-async def _join(url: str, token: str, join_timeout: float, stop: anyio.Event) -> int:
+async def _join(url: str, token: str, options: RoomOptions, stop: anyio.Event) -> int:
     joined: Room | None = None
     connecting = anyio.CancelScope()
 
@@ -255,7 +255,6 @@ async def _join(url: str, token: str, join_timeout: float, stop: anyio.Event) ->
             # Leave rather than cancel: the stream then ends with our own Disconnected.
             await joined.disconnect()
 
-    options = RoomOptions(connect_timeout=join_timeout)
     async with anyio.create_task_group() as tg:
         tg.start_soon(leave_on_stop)
         try:
@@ -478,7 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ping-interval", type=int, default=5,
                        help="seconds between client pings (default: %(default)s)")
     serve.add_argument("--ping-timeout", type=int, default=15,
-                       help="drop a client silent this long, in seconds (default: %(default)s)")
+                       help="seconds without a pong after which clients give up "
+                            "(default: %(default)s)")
+    serve.add_argument("--presence-interval", type=float, default=3.0,
+                       help="seconds joins and leaves of participants that publish nothing "
+                            "may wait before the others hear, as on livekit-server; 0: "
+                            "at once (default: %(default)g)")
+    serve.add_argument("--join-timeout", type=_positive, default=60.0,
+                       help="remove a participant whose WebRTC has not connected after "
+                            "this many seconds (default: %(default)g)")
 
     token = verbs.add_parser(
         "token", parents=[keys], help="print an access token",
@@ -505,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--token", required=True, help="the access token")
     join.add_argument("--timeout", type=_positive, default=10.0,
                       help="seconds to wait for the join (default: %(default)g)")
+    join.add_argument("--host-address", action="append", default=None, metavar="IP",
+                      help="gather ICE candidates on this local address only (repeatable; "
+                           "default: every non-loopback interface, or loopback for a dev "
+                           "server on loopback)")
 
     demo = verbs.add_parser(
         "demo", parents=[backend], help="watch two participants talk on an embedded server",
@@ -569,14 +580,21 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server = DevServer(host=args.host, port=args.port, api_key=args.api_key,
                                api_secret=args.api_secret, ping_interval=args.ping_interval,
-                               ping_timeout=args.ping_timeout)
+                               ping_timeout=args.ping_timeout,
+                               presence_interval=args.presence_interval,
+                               join_timeout=args.join_timeout)
         except ValueError as exc:
             args.verb_parser.error(str(exc))
         if args.verbose == 0:  # who joins and leaves is what a dev server's user watches
             logging.getLogger("room.devserver").setLevel(logging.INFO)
         verb = partial(_serve, server)
     elif args.command == "join":
-        verb = partial(_join, args.url, args.token, args.timeout)
+        try:
+            rtc_config = RtcConfiguration(host_addresses=args.host_address)
+        except ValueError as exc:
+            args.verb_parser.error(str(exc))
+        verb = partial(_join, args.url, args.token,
+                       RoomOptions(connect_timeout=args.timeout, rtc_config=rtc_config))
     else:
         verb = partial(_demo, args.backend, args.fast)
     try:
