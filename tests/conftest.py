@@ -1,10 +1,94 @@
-"""Every async test runs on both AnyIO backends."""
+"""Every async test runs on both AnyIO backends; every client test on both servers.
+
+``server`` is a fresh server for each test: `room`'s dev server, and the real
+livekit-server (pinned release, in a network namespace; see tests/livekit.py). The real
+half is skipped, with the reason, only where livekit-server cannot run (no Go build of it,
+or no root for the namespace); CI sets ``ROOM_REQUIRE_LIVEKIT=1`` so it fails instead.
+When a test on the real server fails, its report shows the end of the server's log.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
 import pytest
+
+from room.devserver import DevServer
+from tests.interop.servers import NsServer
+from tests.livekit import LiveKitServer, livekit_unavailable
+from tests.netns import NetNs, netns
+from tests.servers import Server
+
+# How long the dev server batches presence of non-publishers in the general suite (the
+# real server's 3 s is its default, checked by the conformance test): fast tests.
+DEV_PRESENCE_INTERVAL = 0.1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "devserver(**settings): DevServer settings for the `server` fixture")
 
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def livekit_netns() -> Iterator[NetNs]:
+    """One namespace for the session's livekit-servers, reachable from this process."""
+    reason = livekit_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with netns(exposed=True) as ns:
+        yield ns
+
+
+@asynccontextmanager
+async def dev_server(request: pytest.FixtureRequest, **settings: Any) -> AsyncIterator[Server]:
+    """A fresh dev server. ``@pytest.mark.devserver(ping_interval=1, ...)`` on a test
+    sets it up (the real server's settings are fixed: 5 s ping interval, 15 s timeout,
+    3 s presence batches); ``settings`` override both."""
+    marker = request.node.get_closest_marker("devserver")
+    settings = {"presence_interval": DEV_PRESENCE_INTERVAL,
+                **(marker.kwargs if marker else {}), **settings}
+    async with DevServer(**settings) as dev:
+        yield Server.of_dev(dev)
+
+
+@asynccontextmanager
+async def livekit_server(request: pytest.FixtureRequest, log_dir: Path
+                         ) -> AsyncIterator[Server]:
+    """A fresh livekit-server in the session's namespace (skips where it cannot run)."""
+    ns: NetNs = request.getfixturevalue("livekit_netns")
+    lk = LiveKitServer(ns, log_dir=log_dir)
+    await anyio.to_thread.run_sync(lk.start)
+    try:
+        yield Server.of_livekit(lk)
+    finally:
+        await anyio.to_thread.run_sync(lk.stop)
+
+
+@pytest.fixture(params=["dev", "livekit"])
+async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Server]:
+    """A fresh server for this test: the dev server or livekit-server."""
+    factory = dev_server(request) if request.param == "dev" else livekit_server(
+        request, tmp_path)
+    async with factory as srv:
+        yield srv
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    report = yield
+    if report.failed:  # type: ignore[attr-defined]
+        for srv in getattr(item, "funcargs", {}).values():
+            if isinstance(srv, NsServer) or (isinstance(srv, Server) and srv.livekit):
+                report.sections.append(  # type: ignore[attr-defined]
+                    (f"{srv.kind} server log (tail)", srv.log_tail()))
+    return report

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
 
+from room import Room
 from room.events import RoomEvent, Subscription
 
 E = TypeVar("E", bound=RoomEvent)
@@ -39,10 +40,17 @@ async def collect(sub: Subscription[RoomEvent], count: int, timeout: float = 5.0
     return out
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+async def wait_until(predicate: Callable[[], bool | Awaitable[bool]],
+                     timeout: float = 5.0) -> None:
+    """Poll ``predicate`` (plain or async) until it holds; fail after ``timeout`` s."""
     with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
+        while True:
+            result = predicate()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await anyio.sleep(0.02)
 
 
 async def aiortc_tasks() -> int:
@@ -55,3 +63,9 @@ async def aiortc_tasks() -> int:
         return len(asyncio.all_tasks()) - 1
 
     return await aiortc_loop().run(count)
+
+
+async def known(r: Room, *identities: str, timeout: float = 6.0) -> None:
+    """Until ``r`` knows every one of ``identities``: LiveKit servers announce participants
+    that publish nothing up to 3 s after they join (or after a batch interval)."""
+    await wait_until(lambda: all(i in r.remote_participants for i in identities), timeout)

@@ -1,9 +1,12 @@
-"""Network namespaces for interop tests with libwebrtc.
+"""Network namespaces for tests with libwebrtc and the real livekit-server.
 
-libwebrtc (the official SDKs) ignores loopback interfaces, so it gathers no ICE candidate on
-127.0.0.1. ``netns()`` makes a private network namespace holding a veth pair with both ends
-inside it: processes run there (``ns.popen``) reach each other over the two veth addresses,
-which libwebrtc treats as ordinary interfaces, and no packet leaves the namespace.
+libwebrtc (the official SDKs) and livekit-server ignore loopback interfaces, so they offer
+no ICE candidate on 127.0.0.1. ``netns()`` makes a private network namespace holding a veth
+pair with both ends inside it: processes run there (``ns.popen``) reach each other over the
+two veth addresses, which libwebrtc treats as ordinary interfaces, and no packet leaves the
+namespace. ``netns(exposed=True)`` leaves the client end of the pair in the test process's
+own namespace instead, so the test process itself reaches servers inside over the veth
+pair (and nothing else: the namespace has no route beyond its own /24).
 
 Needs root and ``ip`` (Debian package ``iproute2``); ``netns_unavailable()`` says why not.
 ``python -m tests.netns`` checks that TCP works between the two addresses.
@@ -28,13 +31,17 @@ CLIENT_IF = "veth-cli"
 
 @dataclass
 class NetNs:
-    """A live namespace; processes started with ``popen`` are ended when it is deleted."""
+    """A live namespace; processes started with ``popen`` are ended when it is deleted.
+
+    ``exposed``: ``client_ip`` is on an interface of the test process's namespace (see
+    `netns`), not inside this one."""
 
     name: str
     server_ip: str
     client_ip: str
     server_if: str = SERVER_IF
     client_if: str = CLIENT_IF
+    exposed: bool = False
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
 
     def argv(self, argv: Sequence[str]) -> list[str]:
@@ -71,28 +78,54 @@ def stop_process(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
         proc.wait(grace)
 
 
+def _free_subnet() -> int:
+    """A third octet for 10.231.N.0/24 that no interface of ours uses yet."""
+    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True,
+                          timeout=10).stdout
+    for _ in range(100):
+        subnet = random.randint(1, 254)
+        if f"10.231.{subnet}." not in used:
+            return subnet
+    raise RuntimeError("no free 10.231.N.0/24 subnet")
+
+
 @contextlib.contextmanager
-def netns() -> Iterator[NetNs]:
-    """A fresh namespace with ``lo`` up and a veth pair 10.231.N.1/24 <-> 10.231.N.2/24."""
-    name = f"roomtest-{os.getpid()}-{secrets.token_hex(3)}"
-    subnet = random.randint(1, 254)
-    ns = NetNs(name=name, server_ip=f"10.231.{subnet}.1", client_ip=f"10.231.{subnet}.2")
+def netns(*, exposed: bool = False) -> Iterator[NetNs]:
+    """A fresh namespace with ``lo`` up and a veth pair 10.231.N.1/24 <-> 10.231.N.2/24.
+
+    Both ends are inside it, unless ``exposed``: then the client end (10.231.N.2, under a
+    unique interface name) stays in the caller's namespace, so the caller reaches
+    10.231.N.1 directly. The namespace has no default route either way: nothing in it can
+    reach the caller's other interfaces."""
+    tag = secrets.token_hex(3)
+    name = f"roomtest-{os.getpid()}-{tag}"
+    subnet = _free_subnet() if exposed else random.randint(1, 254)
+    ns = NetNs(name=name, server_ip=f"10.231.{subnet}.1", client_ip=f"10.231.{subnet}.2",
+               client_if=f"rtv{tag}" if exposed else CLIENT_IF, exposed=exposed)
     _ip("netns", "add", name)
     try:
         _ip("-n", name, "link", "set", "lo", "up")
-        _ip("-n", name, "link", "add", SERVER_IF, "type", "veth", "peer", "name", CLIENT_IF)
-        for dev, addr in ((SERVER_IF, ns.server_ip), (CLIENT_IF, ns.client_ip)):
+        _ip("-n", name, "link", "add", SERVER_IF, "type", "veth", "peer", "name", ns.client_if)
+        if exposed:
+            _ip("-n", name, "link", "set", ns.client_if, "netns", "1")
+        for dev, addr, inside in ((SERVER_IF, ns.server_ip, True),
+                                  (ns.client_if, ns.client_ip, not exposed)):
+            where = ["-n", name] if inside else []
             # No IPv6 link-local address: it would only add useless ICE candidates.
             with contextlib.suppress(RuntimeError):
-                _ip("-n", name, "link", "set", "dev", dev, "addrgenmode", "none")
-            _ip("-n", name, "addr", "add", f"{addr}/24", "dev", dev)
-            _ip("-n", name, "link", "set", dev, "up")
+                _ip(*where, "link", "set", "dev", dev, "addrgenmode", "none")
+            _ip(*where, "addr", "add", f"{addr}/24", "dev", dev)
+            _ip(*where, "link", "set", dev, "up")
         yield ns
     finally:
         for proc in reversed(ns.procs):
             with contextlib.suppress(Exception):
                 stop_process(proc)
-        # Deleting the namespace also deletes the veth pair inside it.
+        # Deleting the namespace also deletes the veth pair, but the exposed end may linger
+        # a moment: delete it first.
+        if exposed:
+            subprocess.run(["ip", "link", "delete", ns.client_if], capture_output=True,
+                           timeout=10)
         subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
 
 
