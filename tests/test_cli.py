@@ -25,7 +25,6 @@ from livekit.protocol import models
 
 import room
 from room.cli import format_event, main
-from room.devserver import DevServer
 from room.devserver.auth import AuthError, mint_token, verify_token
 from room.events import (
     Disconnected,
@@ -36,6 +35,7 @@ from room.events import (
 )
 from room.participant import RemoteParticipant
 from room.types import DisconnectReason
+from tests.servers import Server
 
 _REPO = Path(__file__).resolve().parent.parent
 _KEYS = {"devkey": "secret"}
@@ -238,18 +238,17 @@ async def test_demo_stops_cleanly_on_ctrl_c(anyio_backend: str) -> None:
 
 @pytest.mark.anyio
 async def test_join_prints_the_room_then_each_event_another_client_causes(
-    livekit_server: DevServer, anyio_backend: str,
+    server: Server, anyio_backend: str,
 ) -> None:
-    server = livekit_server
     early = server.token("early", room="hall", name="Early Bird")
-    async with room.Room.connect(server.url, early):
+    async with room.Room.connect(server.url, early, options=server.options()):
         watcher = server.token("watcher", room="hall")
-        async with _cli("join", server.url, "--token", watcher,
+        async with _cli("join", server.url, "--token", watcher, *server.cli_join_args(),
                         "--backend", anyio_backend) as child:
             await child.expect("joined room 'hall' as 'watcher'")
             await child.expect("early", "name='Early Bird'")
 
-            async with room.Room.connect(server.url, server.token("bob", room="hall")) as bob:
+            async with server.connect("bob", room="hall") as bob:
                 await child.expect("ParticipantConnected", "bob")
                 await bob.local_participant.set_name("Bob")
                 await child.expect("ParticipantNameChanged", "bob", "'' -> 'Bob'")
@@ -270,17 +269,15 @@ async def test_join_prints_the_room_then_each_event_another_client_causes(
 
 
 @pytest.mark.anyio
-async def test_join_with_a_bad_token_exits_1_without_showing_the_token(
-    livekit_server: DevServer,
-) -> None:
+async def test_join_with_a_bad_token_exits_1_without_showing_the_token(server: Server) -> None:
     bad = mint_token("devkey", "not-the-secret", "mallory", room="hall")
-    async with _cli("join", livekit_server.url, "--token", bad) as child:
+    async with _cli("join", server.url, "--token", bad) as child:
         code, out, err = await child.finish()
     assert code == 1
     assert err.startswith("error: ")
     assert "invalid token" in err
     assert bad not in err and bad not in out
-    assert livekit_server.participants("hall") == []
+    assert await server.participants("hall") == []
 
 
 def test_join_an_unreachable_server_exits_1_saying_so() -> None:
@@ -292,23 +289,27 @@ def test_join_an_unreachable_server_exits_1_saying_so() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_join_refuses_a_host_address_that_is_not_an_ip() -> None:
+    result = _run("join", "ws://127.0.0.1:1", "--token", "x.y.z", "--host-address", "eth0")
+    assert result.returncode == 2
+    assert "not an IP address" in result.stderr
+
+
 @posix_signals
 @pytest.mark.anyio
-async def test_join_leaves_the_room_on_ctrl_c(
-    livekit_server: DevServer, anyio_backend: str,
-) -> None:
-    watcher = livekit_server.token("watcher", room="hall")
-    async with _cli("join", livekit_server.url, "--token", watcher,
+async def test_join_leaves_the_room_on_ctrl_c(server: Server, anyio_backend: str) -> None:
+    watcher = server.token("watcher", room="hall")
+    async with _cli("join", server.url, "--token", watcher, *server.cli_join_args(),
                     "--backend", anyio_backend) as child:
         await child.expect("joined room 'hall'")
-        assert livekit_server.participants("hall") == ["watcher"]
+        assert await server.participants("hall") == ["watcher"]
         child.process.send_signal(signal.SIGINT)
         code, rest, err = await child.finish()
     assert code in (0, 130)
     assert "Traceback" not in err
     assert "Disconnected" in rest and "CLIENT_INITIATED" in rest
     with anyio.fail_after(5):
-        while livekit_server.participants("hall"):
+        while await server.participants("hall"):
             await anyio.sleep(0.02)
 
 

@@ -13,9 +13,9 @@ import pytest
 from livekit import api as lkapi
 
 import room
-from room.devserver import DevServer
 from room.devserver.auth import mint_token
 from tests.helpers import client_tasks
+from tests.servers import Server
 
 pytestmark = pytest.mark.anyio
 
@@ -45,8 +45,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_token_from_livekit_api_is_accepted(livekit_server: DevServer) -> None:
-    srv = livekit_server
+async def test_token_from_livekit_api_is_accepted(server: Server) -> None:
+    srv = server
     token = (lkapi.AccessToken(srv.api_key, srv.api_secret)
              .with_identity("lk-user").with_name("From livekit-api")
              .with_metadata("md").with_attributes({"k": "v"})
@@ -61,18 +61,18 @@ async def test_token_from_livekit_api_is_accepted(livekit_server: DevServer) -> 
         assert me.metadata == "updated"
 
 
-async def test_bad_signature(livekit_server: DevServer) -> None:
-    token = mint_token(livekit_server.api_key, "not-the-secret", "eve", room="r")
-    await expect_connect_error(livekit_server.url, token, "invalid token")
+async def test_bad_signature(server: Server) -> None:
+    token = mint_token(server.api_key, "not-the-secret", "eve", room="r")
+    await expect_connect_error(server.url, token, "invalid token")
 
 
-async def test_garbage_token(livekit_server: DevServer) -> None:
-    await expect_connect_error(livekit_server.url, "not-a-jwt-at-all", "invalid token")
+async def test_garbage_token(server: Server) -> None:
+    await expect_connect_error(server.url, "not-a-jwt-at-all", "invalid token")
 
 
-async def test_unknown_api_key(livekit_server: DevServer) -> None:
-    token = mint_token("other-key", livekit_server.api_secret, "eve", room="r")
-    msg = await expect_connect_error(livekit_server.url, token, "invalid token")
+async def test_unknown_api_key(server: Server) -> None:
+    token = mint_token("other-key", server.api_secret, "eve", room="r")
+    msg = await expect_connect_error(server.url, token, "invalid token")
     assert "api key" in msg.lower()
 
 
@@ -82,24 +82,24 @@ def signed(claims: dict[str, object], secret: str) -> str:
         return jwt.encode(claims, secret, algorithm="HS256")
 
 
-async def test_expired_token(livekit_server: DevServer) -> None:
+async def test_expired_token(server: Server) -> None:
     now = int(time.time())
-    token = signed({"iss": livekit_server.api_key, "sub": "late", "nbf": now - 7200,
+    token = signed({"iss": server.api_key, "sub": "late", "nbf": now - 7200,
                     "exp": now - 3600, "video": {"room": "r", "roomJoin": True}},
-                   livekit_server.api_secret)
-    await expect_connect_error(livekit_server.url, token, "expired token")
+                   server.api_secret)
+    await expect_connect_error(server.url, token, "expired token")
 
 
-async def test_token_without_room_join(livekit_server: DevServer) -> None:
+async def test_token_without_room_join(server: Server) -> None:
     now = int(time.time())
-    token = signed({"iss": livekit_server.api_key, "sub": "x", "nbf": now, "exp": now + 60,
-                    "video": {"room": "r", "roomJoin": False}}, livekit_server.api_secret)
-    await expect_connect_error(livekit_server.url, token, "permission", "permissions denied")
+    token = signed({"iss": server.api_key, "sub": "x", "nbf": now, "exp": now + 60,
+                    "video": {"room": "r", "roomJoin": False}}, server.api_secret)
+    await expect_connect_error(server.url, token, "permission", "permissions denied")
 
 
-async def test_wrong_url_path(livekit_server: DevServer) -> None:
-    token = livekit_server.token("a", room="r")
-    await expect_connect_error(livekit_server.url + "/not/livekit", token, "wrong url")
+async def test_wrong_url_path(server: Server) -> None:
+    token = server.token("a", room="r")
+    await expect_connect_error(server.url + "/not/livekit", token, "wrong url")
 
 
 async def test_wrong_scheme() -> None:

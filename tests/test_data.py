@@ -1,33 +1,44 @@
-"""Data packets over real WebRTC data channels, through the dev server, on both backends."""
+"""Data packets over real WebRTC data channels, through both servers, on both backends."""
 
 from __future__ import annotations
 
+import time
+import warnings
+
 import anyio
+import jwt
 import pytest
 from livekit.protocol import models
 
 import room
-from room.devserver import DevServer
 from room.events import DataReceived, SipDTMFReceived, TranscriptionReceived
 from room.transport.rtc import RELIABLE
-from tests.helpers import aiortc_tasks, client_tasks, next_event
+from tests.helpers import aiortc_tasks, client_tasks, known, next_event
+from tests.servers import Server
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_ten_thousand_reliable_packets_arrive_in_order_once(
-        livekit_server: DevServer) -> None:
-    srv = livekit_server
+        server: Server) -> None:
+    srv = server
     n = 10_000
-    async with room.Room.connect(srv.url, srv.token("rx", room="r")) as rx, \
-            room.Room.connect(srv.url, srv.token("tx", room="r")) as tx:
+    # Room for the whole burst: through an SFU, packets arrive in bursts that a reader
+    # sharing two cores with the server can trail by more than the default 1,024 events
+    # (seen on livekit-server). What a busy reader should get is the reconnect issue's.
+    opts = room.RoomOptions(event_buffer_size=n)
+    async with srv.connect("rx", options=opts) as rx, \
+            srv.connect("tx") as tx:
         events = rx.events(DataReceived)
         got: list[int] = []
 
         async def receive() -> None:
             async for ev in events:
                 assert isinstance(ev, DataReceived)
-                assert ev.packet.participant is rx.remote_participants["tx"]
+                # tx may not be announced to rx yet (livekit: up to 3 s): the packet still
+                # says who sent it.
+                assert ev.packet.participant_identity == "tx"
+                assert ev.packet.participant in (None, rx.remote_participants.get("tx"))
                 assert ev.packet.kind is room.DataPacketKind.RELIABLE
                 got.append(int(ev.packet.data))
                 if len(got) == n:
@@ -41,10 +52,10 @@ async def test_ten_thousand_reliable_packets_arrive_in_order_once(
         assert got == list(range(n))
 
 
-async def test_lossy_packets_arrive(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("rx", room="r")) as rx, \
-            room.Room.connect(srv.url, srv.token("tx", room="r")) as tx:
+async def test_lossy_packets_arrive(server: Server) -> None:
+    srv = server
+    async with srv.connect("rx") as rx, \
+            srv.connect("tx") as tx:
         events = rx.events(DataReceived)
         for i in range(50):
             await tx.local_participant.publish_data(f"{i}", reliable=False, topic="lossy")
@@ -54,11 +65,11 @@ async def test_lossy_packets_arrive(livekit_server: DevServer) -> None:
         assert 0 <= int(ev.packet.data) < 50
 
 
-async def test_topics_and_destinations(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice, \
-            room.Room.connect(srv.url, srv.token("bob", room="r")) as bob, \
-            room.Room.connect(srv.url, srv.token("carol", room="r")) as carol:
+async def test_topics_and_destinations(server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice, \
+            srv.connect("bob") as bob, \
+            srv.connect("carol") as carol:
         to_bob = bob.events(DataReceived)
         to_carol = carol.events(DataReceived)
         await alice.local_participant.publish_data("for bob", destination_identities=["bob"],
@@ -78,10 +89,11 @@ async def test_topics_and_destinations(livekit_server: DevServer) -> None:
         assert (await next_event(mine, DataReceived)).packet.data == b"ping"
 
 
-async def test_dtmf_and_transcription(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice, \
-            room.Room.connect(srv.url, srv.token("bob", room="r")) as bob:
+async def test_dtmf_and_transcription(server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice, \
+            srv.connect("bob", kind="agent") as bob:  # servers forward agents' transcriptions
+        await known(alice, "bob")
         events = alice.events(SipDTMFReceived, TranscriptionReceived)
         await bob.local_participant.publish_dtmf(code=11, digit="#")
         dtmf = await next_event(events, SipDTMFReceived)
@@ -96,10 +108,10 @@ async def test_dtmf_and_transcription(livekit_server: DevServer) -> None:
             await bob.local_participant.publish_dtmf(code=16, digit="x")
 
 
-async def test_oversized_and_bad_payloads_fail_before_sending(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice, \
-            room.Room.connect(srv.url, srv.token("bob", room="r")) as bob:
+async def test_oversized_and_bad_payloads_fail_before_sending(server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice, \
+            srv.connect("bob") as bob:
         events = alice.events(DataReceived)
         me = bob.local_participant
         with pytest.raises(room.PublishDataError, match="64000"):
@@ -113,9 +125,9 @@ async def test_oversized_and_bad_payloads_fail_before_sending(livekit_server: De
         assert len(ev.packet.data) == 60_000
 
 
-async def test_publishing_on_a_closed_room_raises(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice:
+async def test_publishing_on_a_closed_room_raises(server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice:
         await alice.disconnect()
         with anyio.fail_after(2), pytest.raises(room.ConnectionClosedError):
             await alice.local_participant.publish_data(b"late")
@@ -127,12 +139,12 @@ async def test_publishing_on_a_closed_room_raises(livekit_server: DevServer) -> 
             await anyio.sleep(0.05)
 
 
-async def test_publish_permission_is_enforced_on_both_sides(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice, \
-            room.Room.connect(srv.url, srv.token("bob", room="r")) as bob, \
-            room.Room.connect(srv.url, srv.token("mute", room="r",
-                                                 can_publish_data=False)) as muted:
+async def test_publish_permission_is_enforced_on_both_sides(server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice, \
+            srv.connect("bob") as bob, \
+            srv.connect("mute",
+                                                 can_publish_data=False) as muted:
         events = bob.events(DataReceived)
         with pytest.raises(room.PublishDataError, match="canPublishData"):
             await muted.local_participant.publish_data(b"no")
@@ -148,10 +160,10 @@ async def test_publish_permission_is_enforced_on_both_sides(livekit_server: DevS
         assert b"marker" in seen and b"sneaky" not in seen
 
 
-async def test_server_stamps_the_sender_and_drops_junk(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice, \
-            room.Room.connect(srv.url, srv.token("mallory", room="r")) as mallory:
+async def test_server_stamps_the_sender_and_drops_junk(server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice, \
+            srv.connect("mallory") as mallory:
         events = alice.events(DataReceived)
         rtc = mallory._rtc
         assert rtc is not None
@@ -161,4 +173,89 @@ async def test_server_stamps_the_sender_and_drops_junk(livekit_server: DevServer
         await rtc.send(RELIABLE, forged.SerializeToString())
         ev = await next_event(events, DataReceived)
         assert ev.packet.data == b"it was alice"
-        assert ev.packet.participant is alice.remote_participants["mallory"]
+        assert ev.packet.participant_identity == "mallory"
+        await known(alice, "mallory")
+        assert ev.packet.participant in (None, alice.remote_participants["mallory"])
+
+
+async def test_transcriptions_need_an_agent_token(server: Server) -> None:
+    """LiveKit servers forward transcriptions only from agents: a standard participant's
+    call fails before sending, and the server drops one sent regardless."""
+    async with server.connect("alice") as alice, server.connect("bob") as bob:
+        events = alice.events(TranscriptionReceived, DataReceived)
+        me = bob.local_participant
+        seg = room.TranscriptionSegment("s1", "hello", 0, 900, True, "en")
+        with pytest.raises(room.PublishDataError, match="agent"):
+            await me.publish_transcription([seg])
+        me._agent_grant = True  # a client that ignores the rule is stopped by the server
+        await me.publish_transcription([seg])
+        await me.publish_data(b"marker")
+        got = await next_event(events, DataReceived)
+        assert got.packet.data == b"marker"  # the transcription before it never came
+        with anyio.move_on_after(0.5):
+            async for ev in events:
+                assert not isinstance(ev, TranscriptionReceived), ev
+
+
+async def test_publishing_data_follows_can_publish_when_the_token_does_not_say(
+        server: Server) -> None:
+    """A token with ``canPublish: false`` and no ``canPublishData`` may not publish data
+    (livekit-server's default), and the client says so before sending."""
+    now = int(time.time())
+    claims = {"iss": server.api_key, "sub": "viewer", "nbf": now, "exp": now + 600,
+              "video": {"room": "r", "roomJoin": True, "canPublish": False}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dev secret is short on purpose
+        token = jwt.encode(claims, server.api_secret, algorithm="HS256")
+    async with room.Room.connect(server.url, token, options=server.options()) as viewer:
+        assert viewer.local_participant.can_publish_data is False
+        with pytest.raises(room.PublishDataError, match="canPublishData"):
+            await viewer.local_participant.publish_data(b"no")
+
+
+async def test_a_client_that_may_not_subscribe_still_receives_data(server: Server) -> None:
+    """Without canSubscribe the server offers no subscriber connection (it is not the
+    primary one): the client is usable as soon as its publisher connection is, and data
+    for it arrives there."""
+    async with server.connect("alice") as alice, \
+            server.connect("watcher", can_subscribe=False) as watcher:
+        events = watcher.events(DataReceived)
+        await alice.local_participant.publish_data(b"to everyone", topic="t")
+        ev = await next_event(events, DataReceived)
+        assert (ev.packet.data, ev.packet.topic, ev.packet.participant_identity) == (
+            b"to everyone", "t", "alice")
+        mine = alice.events(DataReceived)
+        await watcher.local_participant.publish_data(b"and back")
+        assert (await next_event(mine, DataReceived)).packet.data == b"and back"
+
+
+async def test_hidden_senders_are_anonymous(server: Server) -> None:
+    async with server.connect("alice") as alice, \
+            server.connect("ghost", hidden=True) as ghost:
+        events = alice.events(DataReceived)
+        await ghost.local_participant.publish_data(b"boo")
+        ev = await next_event(events, DataReceived)
+        assert (ev.packet.data, ev.packet.participant_identity, ev.packet.participant) == (
+            b"boo", "", None)
+
+
+async def test_the_packet_destinations_win_over_the_user_part(server: Server) -> None:
+    """livekit-server's rule: a packet's own destination_identities, when it names any,
+    replace those of its ``user`` part; otherwise the ``user`` part's apply."""
+    async with server.connect("alice") as alice, server.connect("bob") as bob, \
+            server.connect("carol") as carol:
+        to_bob, to_carol = bob.events(DataReceived), carol.events(DataReceived)
+        rtc = alice._rtc
+        assert rtc is not None
+        both = models.DataPacket(destination_identities=["bob"], user=models.UserPacket(
+            payload=b"outer wins", destination_identities=["carol"]))
+        inner = models.DataPacket(user=models.UserPacket(
+            payload=b"inner applies", destination_identities=["carol"]))
+        await rtc.send(RELIABLE, both.SerializeToString())
+        await rtc.send(RELIABLE, inner.SerializeToString())
+        await alice.local_participant.publish_data(b"end")
+        bob_got = [(await next_event(to_bob, DataReceived)).packet.data for _ in range(2)]
+        carol_got = [(await next_event(to_carol, DataReceived)).packet.data
+                     for _ in range(2)]
+        assert bob_got == [b"outer wins", b"end"]
+        assert carol_got == [b"inner applies", b"end"]

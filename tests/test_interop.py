@@ -1,9 +1,12 @@
-"""The official LiveKit SDK (PyPI ``livekit``, Rust/libwebrtc) and `room` in one room.
+"""The official LiveKit SDK (PyPI ``livekit``, Rust/libwebrtc) and `room` in one room,
+through each server: `room`'s dev server and livekit-server.
 
 libwebrtc ignores loopback interfaces, so everything runs inside a network namespace this
-test creates (a veth pair, both ends inside it): the dev server (``python -m room serve``
-on the veth address), official SDK clients (tests/interop/official_peer.py) and `room`
+test creates (a veth pair, both ends inside it): the server (tests/interop/servers.py, on
+the veth address), official SDK clients (tests/interop/official_peer.py) and `room`
 clients (tests/interop/room_peer.py, on asyncio or trio). Needs root; skipped otherwise.
+Both servers announce participants that publish nothing up to 3 s after they join, so
+presence is awaited with generous timeouts; data and RPC are not.
 Processes are subprocesses, so these tests are backend-neutral themselves; the `room`
 side is parametrized over both backends instead.
 """
@@ -13,46 +16,42 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import subprocess
-import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from room.devserver.auth import mint_token
 from tests.interop.peer import ROOM_PEER, Peer
-from tests.netns import NetNs, netns, netns_unavailable
+from tests.interop.servers import NsServer, ns_server
+from tests.livekit import livekit_unavailable
+from tests.netns import netns, netns_unavailable
 
 _reason = netns_unavailable()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=str(_reason))
 
-PORT = 7880
-KEY, SECRET = "devkey", "secret"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[NetNs, str]]:
-    with netns() as ns:
-        proc = ns.popen([sys.executable, "-m", "room", "serve", "--host", ns.server_ip,
-                         "--port", str(PORT)], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # the URL line: it is listening
-        assert "ws://" in line, line
-        yield ns, f"ws://{ns.server_ip}:{PORT}"
+@pytest.fixture(scope="module", params=["dev", "livekit"])
+def ns_srv(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsServer]:
+    """The server of this module's tests, in its own namespace: the dev server, and the
+    real livekit-server (skipped with the reason where it cannot run)."""
+    if request.param == "livekit" and (reason := livekit_unavailable()) is not None:
+        pytest.skip(reason)
+    logs = tmp_path_factory.mktemp(f"interop-{request.param}")
+    with netns() as ns, ns_server(request.param, ns, log_dir=logs) as srv:
+        yield srv
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def start(server: tuple[NetNs, str], identity: str, room: str, backend: str | None) -> Peer:
-    ns, url = server
-    token = mint_token(KEY, SECRET, identity, room=room)
+def start(srv: NsServer, identity: str, room: str, backend: str | None) -> Peer:
+    token = srv.token(identity, room)
     if backend is None:
-        peer = Peer.start(ns, url, token, name=identity)
+        peer = Peer.start(srv.ns, srv.url, token, name=identity)
     else:
-        peer = Peer.start(ns, url, token, name=identity, script=ROOM_PEER,
+        peer = Peer.start(srv.ns, srv.url, token, name=identity, script=ROOM_PEER,
                           args=["--backend", backend])
     peer.expect("connected", timeout=30)
     return peer
@@ -77,10 +76,10 @@ def exchange(tx: Peer, rx: Peer, data: bytes, dtmf: tuple[int, str]) -> None:
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_official_sdk_and_room_exchange_data_both_ways(
-        server: tuple[NetNs, str], backend: str) -> None:
+        ns_srv: NsServer, backend: str) -> None:
     room_name = f"interop-{backend}"
-    lk = start(server, "lk", room_name, None)
-    rm = start(server, "rm", room_name, backend)
+    lk = start(ns_srv, "lk", room_name, None)
+    rm = start(ns_srv, "rm", room_name, backend)
     try:
         lk.expect("participant_connected", identity="rm", timeout=10)
         exchange(lk, rm, b"from lk", (5, "5"))
@@ -99,11 +98,11 @@ def test_official_sdk_and_room_exchange_data_both_ways(
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_destination_filtering_between_sdks(server: tuple[NetNs, str], backend: str) -> None:
+def test_destination_filtering_between_sdks(ns_srv: NsServer, backend: str) -> None:
     room_name = f"dest-{backend}"
-    rm = start(server, "rm", room_name, backend)
-    lk1 = start(server, "lk1", room_name, None)
-    lk2 = start(server, "lk2", room_name, None)
+    rm = start(ns_srv, "rm", room_name, backend)
+    lk1 = start(ns_srv, "lk1", room_name, None)
+    lk2 = start(ns_srv, "lk2", room_name, None)
     try:
         rm.expect("participant_connected", identity="lk2", timeout=10)
         lk1.expect("participant_connected", identity="lk2", timeout=10)
@@ -139,10 +138,10 @@ def rpc(caller: Peer, callee: str, method: str, payload: str = "p",
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_rpc_both_ways_between_sdks(server: tuple[NetNs, str], backend: str) -> None:
+def test_rpc_both_ways_between_sdks(ns_srv: NsServer, backend: str) -> None:
     room_name = f"rpc-{backend}"
-    lk = start(server, "lk", room_name, None)
-    rm = start(server, "rm", room_name, backend)
+    lk = start(ns_srv, "lk", room_name, None)
+    rm = start(ns_srv, "rm", room_name, backend)
     try:
         lk.expect("participant_connected", identity="rm", timeout=10)
         for peer in (lk, rm):
@@ -167,11 +166,11 @@ def test_rpc_both_ways_between_sdks(server: tuple[NetNs, str], backend: str) -> 
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_text_and_byte_streams_both_ways(server: tuple[NetNs, str], backend: str,
+def test_text_and_byte_streams_both_ways(ns_srv: NsServer, backend: str,
                                          tmp_path: Path) -> None:
     room_name = f"streams-{backend}"
-    lk = start(server, "lk", room_name, None)
-    rm = start(server, "rm", room_name, backend)
+    lk = start(ns_srv, "lk", room_name, None)
+    rm = start(ns_srv, "rm", room_name, backend)
     blob = os.urandom(5 * 1024 * 1024)  # random: the official SDK's compression cannot help
     path = tmp_path / "blob.bin"
     path.write_bytes(blob)
@@ -191,4 +190,40 @@ def test_text_and_byte_streams_both_ways(server: tuple[NetNs, str], backend: str
             assert (got["name"], got["size"], got["sha256"]) == ("blob.bin", len(blob), digest)
     finally:
         rm.close()
+        lk.close()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_media_already_in_the_room_is_declined_and_the_room_lives_on(
+        ns_srv: NsServer, backend: str) -> None:
+    """An official client publishes audio and video; `room` joins with auto_subscribe (the
+    default), so livekit-server puts both tracks in its very first subscriber offer. Until
+    `room` receives media, it answers those m-lines inactive: nothing is decoded, nothing
+    piles up, and the room works on. (The dev server has no media yet: publishing there
+    fails, which the official client reports, and the rest holds all the same.)"""
+    room_name = f"media-{backend}"
+    lk = start(ns_srv, "lk", room_name, None)
+    try:
+        published = lk.answer(lk.send("publish_media"), timeout=30)
+        if ns_srv.kind == "livekit":
+            assert published["event"] == "ok", published
+            assert len(published["track_sids"]) == 2
+        else:
+            assert published["event"] == "failed", published
+        rm = start(ns_srv, "rm", room_name, backend)
+        try:
+            lk.expect("participant_connected", identity="rm", timeout=10)
+            time.sleep(3.0)  # media flows meanwhile (on livekit-server)
+            state = rm.request("rtc_state")
+            assert state["connection_state"] == "connected"
+            media = [t for t in state["subscriber"] if t["kind"] in ("audio", "video")]
+            if ns_srv.kind == "livekit":
+                assert sorted(t["kind"] for t in media) == ["audio", "video"], state
+            assert all(t["direction"] == "inactive" and not t["receiving"]
+                       for t in media), state
+            exchange(lk, rm, b"still here", (3, "3"))
+            exchange(rm, lk, b"me too", (4, "4"))
+        finally:
+            assert rm.close() == 0
+    finally:
         lk.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 import room
-from room.devserver import DevServer
 from room.events import (
     Disconnected,
     ParticipantAttributesChanged,
@@ -15,14 +14,15 @@ from room.events import (
     ParticipantNameChanged,
     RoomMetadataChanged,
 )
-from tests.helpers import client_tasks, collect, next_event, wait_until
+from tests.helpers import client_tasks, collect, known, next_event, wait_until
+from tests.servers import Server
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_participants_see_each_other_join_and_leave(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice:
+async def test_participants_see_each_other_join_and_leave(server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice:
         assert alice.name == "r"
         assert alice.isconnected()
         assert alice.connection_state is room.ConnectionState.CONNECTED
@@ -30,7 +30,7 @@ async def test_participants_see_each_other_join_and_leave(livekit_server: DevSer
         assert alice.local_participant.identity == "alice"
         assert dict(alice.remote_participants) == {}
         events = alice.events()
-        async with room.Room.connect(srv.url, srv.token("bob", room="r", name="Bob")) as bob:
+        async with srv.connect("bob", name="Bob") as bob:
             # Participants already in the room are known when connect() returns.
             assert list(bob.remote_participants) == ["alice"]
             joined = await next_event(events, ParticipantConnected)
@@ -41,15 +41,16 @@ async def test_participants_see_each_other_join_and_leave(livekit_server: DevSer
         assert left.participant.identity == "bob"
         assert left.participant.disconnect_reason is room.DisconnectReason.CLIENT_INITIATED
         assert "bob" not in alice.remote_participants
-        assert srv.participants("r") == ["alice"]
+        assert await srv.participants("r") == ["alice"]
 
 
 async def test_metadata_name_and_attribute_changes_carry_old_and_new(
-        livekit_server: DevServer) -> None:
-    srv = livekit_server
+        server: Server) -> None:
+    srv = server
     tok = srv.token("bob", room="r", name="Bob", metadata="m0", attributes={"a": "1", "b": "2"})
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice, \
-            room.Room.connect(srv.url, tok) as bob:
+    async with srv.connect("alice") as alice, \
+            room.Room.connect(srv.url, tok, options=srv.options()) as bob:
+        await known(alice, "bob")
         events = alice.events(ParticipantMetadataChanged, ParticipantNameChanged,
                               ParticipantAttributesChanged)
         mine = bob.events(ParticipantMetadataChanged)
@@ -77,10 +78,10 @@ async def test_metadata_name_and_attribute_changes_carry_old_and_new(
         assert own.participant is me and own.new_metadata == "m1"
 
 
-async def test_room_metadata_changes_reach_everyone(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice, \
-            room.Room.connect(srv.url, srv.token("bob", room="r")) as bob:
+async def test_room_metadata_changes_reach_everyone(server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice, \
+            srv.connect("bob") as bob:
         subs = [alice.events(RoomMetadataChanged), bob.events(RoomMetadataChanged)]
         await srv.update_room_metadata("r", "first")
         await srv.update_room_metadata("r", "second")
@@ -92,10 +93,10 @@ async def test_room_metadata_changes_reach_everyone(livekit_server: DevServer) -
         assert alice.metadata == bob.metadata == "second"
 
 
-async def test_every_subscriber_sees_the_same_order(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice, \
-            room.Room.connect(srv.url, srv.token("bob", room="r")) as bob:
+async def test_every_subscriber_sees_the_same_order(server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice, \
+            srv.connect("bob") as bob:
         subs = [alice.events() for _ in range(3)]
         for i in range(20):
             await bob.local_participant.set_attributes({"i": str(i)})
@@ -104,10 +105,10 @@ async def test_every_subscriber_sees_the_same_order(livekit_server: DevServer) -
         assert len(seen[0]) == 20
 
 
-async def test_update_refused_without_permission(livekit_server: DevServer) -> None:
-    srv = livekit_server
+async def test_update_refused_without_permission(server: Server) -> None:
+    srv = server
     tok = srv.token("bob", room="r", can_update_own_metadata=False)
-    async with room.Room.connect(srv.url, tok) as bob:
+    async with room.Room.connect(srv.url, tok, options=srv.options()) as bob:
         with pytest.raises(room.RequestRefusedError) as info:
             await bob.local_participant.set_metadata("nope")
         assert info.value.reason == "NOT_ALLOWED"
@@ -115,17 +116,17 @@ async def test_update_refused_without_permission(livekit_server: DevServer) -> N
         assert bob.isconnected()
 
 
-async def test_update_over_the_size_limit_is_refused(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("bob", room="r")) as bob:
+async def test_update_over_the_size_limit_is_refused(server: Server) -> None:
+    srv = server
+    async with srv.connect("bob") as bob:
         with pytest.raises(room.RequestRefusedError) as info:
-            await bob.local_participant.set_metadata("x" * 70_000)
+            await bob.local_participant.set_metadata("x" * (512 * 1024 + 1))  # livekit's limit
         assert info.value.reason == "LIMIT_EXCEEDED"
 
 
-async def test_bad_arguments_raise_before_sending(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("bob", room="r")) as bob:
+async def test_bad_arguments_raise_before_sending(server: Server) -> None:
+    srv = server
+    async with srv.connect("bob") as bob:
         me = bob.local_participant
         with pytest.raises(TypeError):
             await me.set_metadata(5)  # type: ignore[arg-type]
@@ -136,10 +137,11 @@ async def test_bad_arguments_raise_before_sending(livekit_server: DevServer) -> 
 
 
 async def test_removed_participant_gets_disconnected_with_reason(
-        livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice, \
-            room.Room.connect(srv.url, srv.token("bob", room="r")) as bob:
+        server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice, \
+            srv.connect("bob") as bob:
+        await known(alice, "bob")
         bob_events = bob.events()
         alice_events = alice.events(ParticipantDisconnected)
         await srv.remove_participant("r", "bob")
@@ -150,21 +152,22 @@ async def test_removed_participant_gets_disconnected_with_reason(
         assert bob.disconnect_reason is room.DisconnectReason.PARTICIPANT_REMOVED
         with pytest.raises(room.ConnectionClosedError):
             await bob.local_participant.set_metadata("late")
-        gone = await next_event(alice_events, ParticipantDisconnected)
+        gone = await next_event(alice_events, ParticipantDisconnected,
+                                timeout=srv.presence_delay + 2)
         assert gone.participant.disconnect_reason is room.DisconnectReason.PARTICIPANT_REMOVED
         # The room's background tasks are already gone, before the block ends.
         await wait_until(lambda: not any("bob" in t for t in client_tasks()))
     assert client_tasks() == []
 
 
-async def test_duplicate_identity_replaces_the_older_session(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice:
+async def test_duplicate_identity_replaces_the_older_session(server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice:
         alice_events = alice.events(ParticipantConnected, ParticipantDisconnected)
-        async with room.Room.connect(srv.url, srv.token("bob", room="r")) as first:
+        async with srv.connect("bob") as first:
             first_events = first.events(Disconnected)
             await next_event(alice_events, ParticipantConnected)
-            async with room.Room.connect(srv.url, srv.token("bob", room="r")) as second:
+            async with srv.connect("bob") as second:
                 ev = await next_event(first_events, Disconnected)
                 assert ev.reason is room.DisconnectReason.DUPLICATE_IDENTITY
                 gone = await next_event(alice_events, ParticipantDisconnected)
@@ -174,21 +177,21 @@ async def test_duplicate_identity_replaces_the_older_session(livekit_server: Dev
                 assert alice.remote_participants["bob"].sid == second.local_participant.sid
 
 
-async def test_hidden_participants_are_not_seen(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice:
+async def test_hidden_participants_are_not_seen(server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice:
         events = alice.events(ParticipantConnected)
-        async with room.Room.connect(srv.url, srv.token("ghost", room="r", hidden=True)), \
-                room.Room.connect(srv.url, srv.token("bob", room="r")):
+        async with srv.connect("ghost", hidden=True), \
+                srv.connect("bob"):
             ev = await next_event(events, ParticipantConnected)
             assert ev.participant.identity == "bob"
             assert sorted(alice.remote_participants) == ["bob"]
-            assert srv.participants("r") == ["alice", "bob", "ghost"]
+            assert await srv.participants("r") == ["alice", "bob", "ghost"]
 
 
-async def test_disconnect_is_idempotent_and_ends_iterators(livekit_server: DevServer) -> None:
-    srv = livekit_server
-    async with room.Room.connect(srv.url, srv.token("alice", room="r")) as alice:
+async def test_disconnect_is_idempotent_and_ends_iterators(server: Server) -> None:
+    srv = server
+    async with srv.connect("alice") as alice:
         events = alice.events()
         await alice.disconnect()
         await alice.disconnect()
@@ -197,12 +200,16 @@ async def test_disconnect_is_idempotent_and_ends_iterators(livekit_server: DevSe
         assert [e async for e in alice.events()] == []  # subscribed after the end
         assert not alice.isconnected()
     assert client_tasks() == []
-    await wait_until(lambda: srv.rooms() == [])
+
+    async def nobody_left() -> bool:
+        return await srv.participants("r") == []
+
+    await wait_until(nobody_left)
 
 
-async def test_user_exception_propagates_unwrapped(livekit_server: DevServer) -> None:
-    srv = livekit_server
+async def test_user_exception_propagates_unwrapped(server: Server) -> None:
+    srv = server
     with pytest.raises(KeyError):
-        async with room.Room.connect(srv.url, srv.token("alice", room="r")):
+        async with srv.connect("alice"):
             raise KeyError("mine")
     assert client_tasks() == []

@@ -26,6 +26,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import sys
 import threading
 from typing import Any
@@ -114,6 +115,10 @@ async def _run_command(room: rtc.Room, cmd: dict[str, Any]) -> None:
             file_info = await lp.send_file(str(cmd["path"]), topic=str(cmd["topic"]))
             emit("ok", id=cid, stream_id=file_info.stream_id)
             return
+        elif name == "publish_media":
+            sids = await _publish_media(room)
+            emit("ok", id=cid, track_sids=sids)
+            return
         elif name == "listen_text":
             room.register_text_stream_handler(str(cmd["topic"]), _on_text)
         elif name == "listen_bytes":
@@ -140,6 +145,37 @@ async def _run_command(room: rtc.Room, cmd: dict[str, Any]) -> None:
 
 
 _readers: set[asyncio.Task[None]] = set()
+
+
+async def _publish_media(room: rtc.Room) -> list[str]:
+    """Publish a 440 Hz tone (microphone) and a grey picture (camera), fed forever."""
+    audio = rtc.AudioSource(48000, 1)
+    video = rtc.VideoSource(64, 48)
+    tracks: list[rtc.LocalAudioTrack | rtc.LocalVideoTrack] = [
+        rtc.LocalAudioTrack.create_audio_track("tone", audio),
+        rtc.LocalVideoTrack.create_video_track("grey", video)]
+    sources = [rtc.TrackSource.SOURCE_MICROPHONE, rtc.TrackSource.SOURCE_CAMERA]
+
+    async def feed() -> None:
+        n = 0
+        picture = rtc.VideoFrame(64, 48, rtc.VideoBufferType.RGBA, bytes([128]) * 64 * 48 * 4)
+        while True:
+            frame = rtc.AudioFrame.create(48000, 1, 480)
+            samples = memoryview(frame.data).cast("B").cast("h")
+            for i in range(480):
+                samples[i] = int(8000 * math.sin(2 * math.pi * 440 * (n + i) / 48000))
+            n += 480
+            await audio.capture_frame(frame)
+            if n % 4800 == 0:
+                video.capture_frame(picture)
+
+    _spawn(feed())
+    sids = []
+    for track, source in zip(tracks, sources, strict=True):
+        pub = await room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=source))
+        sids.append(pub.sid)
+    return sids
 
 
 def _spawn(coro: Any) -> None:

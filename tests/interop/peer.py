@@ -58,13 +58,17 @@ class Peer:
     @classmethod
     def start(cls, ns: NetNs, url: str, token: str, *, args: list[str] | None = None,
               env: dict[str, str] | None = None, name: str = "peer",
-              stderr_path: Path | None = None, script: Path | None = None) -> Peer:
+              stderr_path: Path | None = None, script: Path | None = None,
+              program: list[str] | None = None) -> Peer:
         """Run official_peer.py inside ``ns`` (``ns`` stops it at the latest on exit).
 
         ``args``: e.g. ``["--log-level", "DEBUG"]``, ``["--dual-pc"]``; ``env``: the whole
-        environment (e.g. ``{**os.environ, "LIVEKIT_RTC_DEBUG": "1"}``).
+        environment (e.g. ``{**os.environ, "LIVEKIT_RTC_DEBUG": "1"}``); ``script``: another
+        Python peer (room_peer.py); ``program``: a peer that is not a Python script (e.g.
+        ``["node", "tests/browser/browser_peer.mjs"]``), run as ``program URL TOKEN ARGS``.
         """
-        argv = [sys.executable, str(script or OFFICIAL_PEER), url, token, *(args or [])]
+        program = program or [sys.executable, str(script or OFFICIAL_PEER)]
+        argv = [*program, url, token, *(args or [])]
         proc: subprocess.Popen[str] = ns.popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, bufsize=1, env=env)

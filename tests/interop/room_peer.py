@@ -51,8 +51,7 @@ async def watch(r: room.Room) -> None:
             case DataReceived(packet=pkt):
                 emit("data_received", data_b64=base64.b64encode(pkt.data).decode(),
                      kind="lossy" if pkt.kind is room.DataPacketKind.LOSSY else "reliable",
-                     topic=pkt.topic,
-                     **{"from": pkt.participant.identity if pkt.participant else None})
+                     topic=pkt.topic, **{"from": pkt.participant_identity or None})
             case SipDTMFReceived(dtmf=d):
                 emit("sip_dtmf_received", code=d.code, digit=d.digit,
                      **{"from": d.participant.identity if d.participant else None})
@@ -82,6 +81,9 @@ async def run_command(r: room.Room, cmd: dict[str, Any]) -> None:
                 sid = await me.send_file(str(cmd["path"]), topic=str(cmd["topic"]))
                 emit("ok", id=cid, stream_id=sid)
                 return
+            case "rtc_state":
+                emit("ok", id=cid, **rtc_state(r))
+                return
             case "listen_text":
                 LISTENERS.start_soon(read_texts, r.text_streams(str(cmd["topic"])))
             case "listen_bytes":
@@ -105,6 +107,20 @@ async def run_command(r: room.Room, cmd: dict[str, Any]) -> None:
         emit("failed", id=cid, message=f"{type(exc).__name__}: {exc}")
     else:
         emit("ok", id=cid)
+
+
+def rtc_state(r: room.Room) -> dict[str, Any]:
+    """What the peer connections carry (for tests): each media transceiver's negotiated
+    direction, and whether its receiver decodes. Read from another thread: a snapshot."""
+    out: dict[str, Any] = {"connection_state": r.connection_state.value}
+    transport = r._rtc
+    for name in ("publisher", "subscriber"):
+        peer = getattr(transport, f"_{name}", None) if transport is not None else None
+        out[name] = [] if peer is None else [
+            {"kind": t.kind, "mid": t.mid, "direction": t.currentDirection,
+             "receiving": bool(getattr(t.receiver, "_RTCRtpReceiver__started", False))}
+            for t in peer.pc.getTransceivers()]
+    return out
 
 
 async def read_texts(readers: AsyncIterator[room.TextStreamReader]) -> None:
