@@ -1,22 +1,29 @@
-"""Data-channel throughput and connect time through the dev server, room and official SDK.
+"""Data-channel throughput and connect time through one server, room and official SDK.
 
-    python -m bench.data [--count 2000] [--count-15k 500] [--backend asyncio|trio|both]
-                         [--loopback] [--timeout 110]
+    python -m bench.data [--server dev|livekit] [--count 2000] [--count-15k 500]
+                         [--backend asyncio|trio|both] [--loopback] [--timeout 110]
 
-Measures, through ONE dev server in one run, for room→room (on asyncio and on trio) and
-for official SDK→official SDK (PyPI ``livekit``, Rust/libwebrtc): the median time of 5
-connects, and reliable 1 KiB and 15 KiB packets per second and MB/s from one sender to one
-receiver in the same room, timed from the first send to the last receive, every packet
-checked for order, size and count. Prints one table with the ratios room/official.
+Measures, through ONE server in one run (``--server dev``, the default: `room`'s dev
+server; ``--server livekit``: the pinned real livekit-server), for room→room (on asyncio
+and on trio) and for official SDK→official SDK (PyPI ``livekit``, Rust/libwebrtc): the
+median time of 5 connects, and reliable 1 KiB and 15 KiB packets per second and MB/s from
+one sender to one receiver in the same room, timed from the first send to the last
+receive, every packet checked for order, size and count. Prints one table with the ratios
+room/official.
 
 libwebrtc ignores loopback interfaces, so when a network namespace can be made (root and
-``ip``, see tests/netns.py) everything runs inside one: the dev server
-(``python -m room serve`` on the veth address) and, one after another, one worker
-subprocess per column (``python -m bench.data --worker room|official URL ...``, each
-printing one JSON line; the machinery is shared with bench/rpc.py in bench/_harness.py).
-Otherwise, or with ``--loopback``, only `room` is measured, in this process, against an
-in-process `DevServer` on 127.0.0.1 (``measure()``), and the table says why the official
-column is missing.
+``ip``, see tests/netns.py) everything runs inside one: the server (``python -m room
+serve``, or livekit-server from tests/livekit.py, on the veth address) and, one after
+another, one worker subprocess per column (``python -m bench.data --worker room|official
+URL ...``, each printing one JSON line; the machinery is shared with bench/rpc.py in
+bench/_harness.py). Otherwise, or with ``--loopback``, only `room` is measured, in this
+process, against an in-process `DevServer` on 127.0.0.1 (``measure()``), and the table
+says why the official column is missing. ``--server livekit`` has no such fallback: it
+stops with the reason.
+
+livekit-server announces a participant that publishes nothing up to 3 s after it joins;
+both sides wait for each other (within ``SEE_TIMEOUT``) before the clock starts, so that
+wait is never measured.
 """
 
 from __future__ import annotations
@@ -34,18 +41,20 @@ from bench._harness import (
     Column,
     Mint,
     Row,
+    add_server_option,
     print_footer,
     run_in_netns,
     run_in_process,
     table,
     why_no_namespace,
+    why_no_server,
     worker_line,
 )
 from bench._harness import mint as _mint
 from room.devserver import DevServer
 from room.events import DataReceived
 
-SEE_TIMEOUT = 10.0  # both participants see each other
+SEE_TIMEOUT = 10.0  # both participants see each other (livekit-server: up to 3 s)
 PACKETS_TIMEOUT = 60.0  # all packets of one size sent and received
 SIZES = (1024, 15 * 1024)
 
@@ -147,12 +156,12 @@ def _worker(kind: str, url: str, backend: str, count: int, count_15k: int) -> in
 
 
 def _run_netns(backends: list[str], count: int, count_15k: int, budget: float,
-               per_worker: float) -> tuple[list[Column], str]:
+               per_worker: float, server: str) -> tuple[list[Column], str]:
     workers = [(f"room/{b}", ["room", "--backend", b]) for b in backends]
     workers.append(("official", ["official"]))
     for _, argv in workers:
         argv += ["--count", str(count), "--count-15k", str(count_15k)]
-    return run_in_netns("bench.data", workers, budget, per_worker)
+    return run_in_netns("bench.data", workers, budget, per_worker, server)
 
 
 def _run_loopback(backends: list[str], count: int, count_15k: int) -> list[Column]:
@@ -171,6 +180,7 @@ def _table(columns: list[Column]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    add_server_option(parser)
     parser.add_argument("--backend", choices=["asyncio", "trio", "both"], default="both",
                         help="the AnyIO backend(s) for the room columns (default: both)")
     parser.add_argument("--count", type=int, default=2000, help="1 KiB packets (2000)")
@@ -191,11 +201,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_worker(args.worker, args.url, backend, args.count, args.count_15k))
 
     backends = ["asyncio", "trio"] if args.backend == "both" else [args.backend]
+    cannot = why_no_server(args.server, args.loopback)
+    if cannot is not None:
+        parser.error(f"--server livekit: {cannot}")
     started = time.monotonic()
     reason = why_no_namespace(args.loopback)
     if reason is None:
         columns, where = _run_netns(backends, args.count, args.count_15k, args.timeout,
-                                    args.worker_timeout)
+                                    args.worker_timeout, args.server)
     else:
         columns = _run_loopback(backends, args.count, args.count_15k)
         where = "in-process DevServer on 127.0.0.1 (loopback)"

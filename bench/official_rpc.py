@@ -3,7 +3,7 @@
     python -m bench.official_rpc URL [--calls 500] [--concurrency 20]
                                      [--concurrent-calls 1000] [--file-mb 5]
 
-Connects a caller and a callee to the dev server at URL and measures exactly what
+Connects a caller and a callee to the server at URL and measures exactly what
 bench.rpc measures for `room` (see its docstring): RPC round trip p50/p99 over sequential
 calls of an ``echo`` method, RPC calls/s with concurrent callers, and MB/s of a random file
 sent with ``send_file`` and read whole by a ``register_byte_stream_handler`` handler.

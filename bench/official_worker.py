@@ -2,7 +2,7 @@
 
     python -m bench.official_worker URL [--count 2000] [--count-15k 500]
 
-Connects to the dev server at URL (tokens minted with bench.data's API key and secret) and
+Connects to the server at URL (tokens minted with bench.data's API key and secret) and
 measures exactly what bench.data measures for `room`: the median of 5 ``Room.connect``
 calls, then reliable 1 KiB and 15 KiB packets per second from one sender to one receiver
 in the same room, timed from the first ``publish_data`` to the last ``data_received``,

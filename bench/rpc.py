@@ -1,11 +1,14 @@
-"""RPC latency and rate, and byte-stream throughput, through the dev server: room vs official.
+"""RPC latency and rate, and byte-stream throughput, through one server: room vs official.
 
-    python -m bench.rpc [--calls 500] [--concurrency 20] [--concurrent-calls 1000]
-                        [--file-mb 5] [--backend asyncio|trio|both] [--loopback] [--timeout 110]
+    python -m bench.rpc [--server dev|livekit] [--calls 500] [--concurrency 20]
+                        [--concurrent-calls 1000] [--file-mb 5] [--backend asyncio|trio|both]
+                        [--loopback] [--timeout 110]
 
-Measures, through ONE dev server in one run, for room↔room (on asyncio and on trio) and
-for official SDK↔official SDK (PyPI ``livekit``, Rust/libwebrtc), with a caller and a
-callee in one room, the callee serving an ``echo`` method that returns its payload:
+Measures, through ONE server in one run (``--server dev``, the default: `room`'s dev
+server; ``--server livekit``: the pinned real livekit-server), for room↔room (on asyncio
+and on trio) and for official SDK↔official SDK (PyPI ``livekit``, Rust/libwebrtc), with a
+caller and a callee in one room, the callee serving an ``echo`` method that returns its
+payload:
 
 - RPC round trip: p50 and p99 of ``--calls`` sequential ``perform_rpc`` calls with a
   64-byte payload (after 20 unmeasured warm-up calls), each reply checked;
@@ -19,7 +22,7 @@ callee in one room, the callee serving an ``echo`` method that returns its paylo
   byte for byte.
 
 Wire formats differ, as each SDK chooses: `room` speaks RPC v1 (request, ack, response
-packets); two official SDKs (1.2) speak v2 to each other, because the dev server passes on
+packets); two official SDKs (1.2) speak v2 to each other, because the server passes on
 their ``client_protocol`` (request and response each one text-stream header with inline
 content, plus a v1 ack). Three reliable packets per call either way. The file goes
 uncompressed from both (`room` never compresses; the official SDK did not here, and random
@@ -28,10 +31,12 @@ bytes would not shrink anyway): header, 15,000-byte chunks, trailer.
 A measurement that cannot be made (say, data streams not implemented yet) prints '-' and
 the reason under the table; the others still run. As in bench/data.py (see
 bench/_harness.py), everything runs inside a network namespace when one can be made: the
-dev server (``python -m room serve``) and, one after another, one worker subprocess per
-column (``python -m bench.rpc --worker room|official URL ...``, each printing one JSON
-line). Otherwise, or with ``--loopback``, only `room` is measured, in this process,
-against an in-process `DevServer` on 127.0.0.1.
+server (``python -m room serve``, or livekit-server) and, one after another, one worker
+subprocess per column (``python -m bench.rpc --worker room|official URL ...``, each
+printing one JSON line). Otherwise, or with ``--loopback``, only `room` is measured, in
+this process, against an in-process `DevServer` on 127.0.0.1 (``--server livekit`` has no
+such fallback). Caller and callee wait until each sees the other before anything is timed
+(livekit-server announces a participant that publishes nothing up to 3 s late).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from bench._harness import (
     Column,
     Mint,
     Row,
+    add_server_option,
     describe,
     leaf,
     percentile,
@@ -61,6 +67,7 @@ from bench._harness import (
     run_in_process,
     table,
     why_no_namespace,
+    why_no_server,
     worker_line,
 )
 from bench._harness import mint as _mint
@@ -262,6 +269,7 @@ def _table(columns: list[Column], concurrency: int, file_mb: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    add_server_option(parser)
     parser.add_argument("--backend", choices=["asyncio", "trio", "both"], default="both",
                         help="the AnyIO backend(s) for the room columns (default: both)")
     parser.add_argument("--calls", type=int, default=500,
@@ -293,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
 
     backends = ["asyncio", "trio"] if args.backend == "both" else [args.backend]
     sizes = [args.calls, args.concurrency, args.concurrent_calls, _file_bytes(args)]
+    cannot = why_no_server(args.server, args.loopback)
+    if cannot is not None:
+        parser.error(f"--server livekit: {cannot}")
     started = time.monotonic()
     reason = why_no_namespace(args.loopback)
     if reason is None:
@@ -303,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         workers.append(("official", ["official", *common]))
         per_worker = args.worker_timeout or worker_timeout(
             args.calls, args.concurrent_calls, _file_bytes(args))
-        columns, where = run_in_netns("bench.rpc", workers, args.timeout, per_worker)
+        columns, where = run_in_netns("bench.rpc", workers, args.timeout, per_worker,
+                                      args.server)
     else:
         columns = [run_in_process(f"room/{b}", functools.partial(anyio.run, measure, *sizes,
                                                                  backend=b))
