@@ -33,11 +33,13 @@ class DataPacket:
 
 @dataclass(frozen=True, slots=True)
 class SipDTMF:
-    """A DTMF tone (``code`` 0-15, ``digit`` such as ``"5"`` or ``"#"``)."""
+    """A DTMF tone (``code`` 0-15, ``digit`` such as ``"5"`` or ``"#"``); the sender as
+    in `DataPacket` (``participant`` None for one not announced yet)."""
 
     code: int
     digit: str
     participant: RemoteParticipant | None
+    participant_identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,7 +110,7 @@ class RoomState:
                                             identity))]
         if which == "sip_dtmf":
             dtmf = packet.sip_dtmf
-            return [SipDTMFReceived(SipDTMF(dtmf.code, dtmf.digit, sender))]
+            return [SipDTMFReceived(SipDTMF(dtmf.code, dtmf.digit, sender, identity))]
         if which == "transcription":
             tr = packet.transcription
             who: Participant | None = (

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import anyio
+from anyio.abc import SocketAttribute, SocketStream
 
 from room import Room
 from room.events import RoomEvent, Subscription
@@ -69,3 +72,30 @@ async def known(r: Room, *identities: str, timeout: float = 6.0) -> None:
     """Until ``r`` knows every one of ``identities``: LiveKit servers announce participants
     that publish nothing up to 3 s after they join (or after a batch interval)."""
     await wait_until(lambda: all(i in r.remote_participants for i in identities), timeout)
+
+
+@asynccontextmanager
+async def port_forward(host: str, port: int) -> AsyncIterator[int]:
+    """A TCP forwarder on 127.0.0.1 to ``host:port`` (as ``ssh -L`` or ``kubectl
+    port-forward`` make one); yields its local port. Ends with the block."""
+
+    async def pipe(src: SocketStream, dst: SocketStream) -> None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError,
+                                 anyio.ClosedResourceError, OSError):
+            async for chunk in src:
+                await dst.send(chunk)
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError,
+                                 OSError):
+            await dst.send_eof()
+
+    async def serve(client: SocketStream) -> None:
+        async with client, await anyio.connect_tcp(host, port) as upstream, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(pipe, client, upstream)
+            await pipe(upstream, client)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        yield listener.extra(SocketAttribute.local_port)
+        tg.cancel_scope.cancel()

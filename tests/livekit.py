@@ -17,6 +17,7 @@ absent server is an error instead of a skip.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import shutil
 import signal
@@ -94,8 +95,9 @@ def livekit_unavailable() -> str | None:
 
 def _wait_for_port(ns: NetNs, host: str, port: int, proc: subprocess.Popen[Any],
                    timeout: float, what: str, log: Path) -> None:
-    """Until ``host:port`` accepts TCP connections (from inside ``ns`` unless exposed)."""
-    if ns.exposed:
+    """Until ``host:port`` accepts TCP connections (from inside ``ns`` unless exposed and
+    ``host`` is not its loopback)."""
+    if ns.exposed and not ipaddress.ip_address(host).is_loopback:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
@@ -188,7 +190,7 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 
 class LiveKitServer:
-    """One livekit-server node inside ``ns``, bound to ``ns.server_ip``.
+    """One livekit-server node inside ``ns``, bound to ``ns.server_ip`` (or ``bind``).
 
     A context manager: entering starts it and returns once it accepts connections; leaving
     stops it (by PID). Ports default to livekit's own (7880 signalling and HTTP, 7882 UDP
@@ -198,9 +200,11 @@ class LiveKitServer:
 
     def __init__(self, ns: NetNs, *, log_dir: Path, port: int = 7880, rtc_port: int = 7882,
                  turn_port: int = 3478, redis: str | None = None,
-                 config: str = "", name: str = "livekit") -> None:
+                 config: str = "", name: str = "livekit", bind: str | None = None) -> None:
         self.ns = ns
-        self.host = ns.server_ip
+        # Where it listens for signalling and HTTP (``bind``, e.g. 127.0.0.1 as
+        # `livekit-server --dev` does); its media and TURN are on ``ns.server_ip``.
+        self.host = bind or ns.server_ip
         self.port = port
         self.rtc_port = rtc_port
         self.turn_port = turn_port
@@ -249,7 +253,7 @@ class LiveKitServer:
         try:
             self.proc = self.ns.popen(
                 [binary, "--config", str(self.config_path), "--bind", self.host,
-                 "--node-ip", self.host],
+                 "--node-ip", self.ns.server_ip],
                 stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()

@@ -133,15 +133,11 @@ class Server:
 
     async def rooms(self) -> list[str]:
         """Names of the rooms the server has."""
-        if self.dev is not None:
-            return self.dev.rooms()
         resp = await self.api(lambda a: a.room.list_rooms(room_proto.ListRoomsRequest()))
         return sorted(r.name for r in resp.rooms)
 
     async def participants(self, room_name: str) -> list[str]:
         """Identities in ``room_name`` (hidden ones included), sorted; [] if no such room."""
-        if self.dev is not None:
-            return self.dev.participants(room_name)
         try:
             resp = await self.api(lambda a: a.room.list_participants(
                 room_proto.ListParticipantsRequest(room=room_name)))
@@ -152,16 +148,10 @@ class Server:
         return sorted(p.identity for p in resp.participants)
 
     async def update_room_metadata(self, room_name: str, metadata: str) -> None:
-        if self.dev is not None:
-            await self.dev.update_room_metadata(room_name, metadata)
-            return
         await self.api(lambda a: a.room.update_room_metadata(
             room_proto.UpdateRoomMetadataRequest(room=room_name, metadata=metadata)))
 
     async def remove_participant(self, room_name: str, identity: str) -> None:
-        if self.dev is not None:
-            await self.dev.remove_participant(room_name, identity)
-            return
         await self.api(lambda a: a.room.remove_participant(
             room_proto.RoomParticipantIdentity(room=room_name, identity=identity)))
 

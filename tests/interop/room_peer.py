@@ -54,7 +54,7 @@ async def watch(r: room.Room) -> None:
                      topic=pkt.topic, **{"from": pkt.participant_identity or None})
             case SipDTMFReceived(dtmf=d):
                 emit("sip_dtmf_received", code=d.code, digit=d.digit,
-                     **{"from": d.participant.identity if d.participant else None})
+                     **{"from": d.participant_identity or None})
             case Disconnected(reason=reason):
                 emit("disconnected", reason=reason.name)
 
