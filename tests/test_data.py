@@ -259,3 +259,20 @@ async def test_the_packet_destinations_win_over_the_user_part(server: Server) ->
                      for _ in range(2)]
         assert bob_got == [b"outer wins", b"end"]
         assert carol_got == [b"inner applies", b"end"]
+
+
+async def test_a_message_over_the_server_limit_is_dropped_and_the_channel_goes_on(
+        server: Server) -> None:
+    """Past `room`'s own check (a client that skips it, or another SDK): a data channel
+    message over 65,535 bytes is dropped by the server, without a word, and the sender's
+    channel stays usable. Observed on livekit-server; the dev server does the same."""
+    async with server.connect("alice") as alice, server.connect("bob") as bob:
+        events = alice.events(DataReceived)
+        rtc = bob._rtc
+        assert rtc is not None
+        for size in (64_500, 70_000):
+            packet = models.DataPacket(user=models.UserPacket(payload=b"x" * size))
+            await rtc.send(RELIABLE, packet.SerializeToString())
+        await bob.local_participant.publish_data(b"after")
+        got = [len((await next_event(events, DataReceived)).packet.data) for _ in range(2)]
+        assert got == [64_500, len(b"after")]

@@ -32,7 +32,7 @@ def test_host_addresses_must_be_ip_addresses() -> None:
     with pytest.raises(ValueError, match="not an IP address"):
         room.RtcConfiguration(host_addresses=["eth0"])
     with pytest.raises(TypeError):
-        room.RtcConfiguration(host_addresses="10.0.0.2")  # type: ignore[arg-type]
+        room.RtcConfiguration(host_addresses="10.0.0.2")
 
 
 async def test_a_server_reached_through_a_local_port_forward(server: Server) -> None:

@@ -33,8 +33,7 @@ _log = logging.getLogger(__name__)
 
 SERVER_VERSION = "1.9.0"
 _PROTOCOL = 16
-# A data channel message larger than this closes the sender's channel: livekit-server's
-# SCTP read buffer.
+# A data channel message larger than this is dropped: livekit-server's SCTP read buffer.
 MAX_RECEIVED_MESSAGE = 65_535
 
 
@@ -307,19 +306,19 @@ class DevServer:
         rules (pkg/rtc/participant.go, room.go): the sender's identity is stamped over
         whatever the packet claims (blank for a hidden sender); a reliable packet whose
         ``sequence`` is not above the last one from that sender is a duplicate; only
-        agents' transcriptions are forwarded; a user packet's destinations are the
-        packet's own if it names any, else its ``user`` part's (identities or sids).
+        agents' transcriptions are forwarded; a message over 65,535 bytes is dropped; a
+        user packet's destinations are the packet's own if it names any, else its
+        ``user`` part's (identities or sids).
 
         Runs on the aiortc loop (see `room.devserver.webrtc`): it only reads the room's
         membership, taking a snapshot of it, and writes nothing the server's loop owns."""
         if sender.closed.is_set():
             return
         if len(data) > MAX_RECEIVED_MESSAGE:
-            # livekit-server's SCTP read buffer: a larger message breaks the channel.
-            _log.warning("dev server: %d-byte message from %s; closing its %s channel",
-                         len(data), sender.identity, label)
-            if sender.rtc is not None:
-                sender.rtc.close_channel(label)
+            # livekit-server cannot read a message larger than its SCTP read buffer: it
+            # drops it (the channel goes on).
+            _log.warning("dev server: %d-byte message from %s dropped (limit %d)",
+                         len(data), sender.identity, MAX_RECEIVED_MESSAGE)
             return
         if not sender.grants.can_publish_data:
             _log.info("dev server: %s may not publish data; packet dropped", sender.identity)

@@ -123,10 +123,6 @@ class SessionRtc:
             return True
         return self._delivery.send_nowait(label, data)
 
-    def close_channel(self, label: str) -> None:
-        """Close the client's data channel ``label`` (aiortc loop)."""
-        if self.publisher is not None:
-            self.publisher.close_channel(label)
 
     async def close(self) -> None:
         self._inbox.close()

@@ -176,12 +176,6 @@ class Peer:
         waiting.append(data)
         return True
 
-    def close_channel(self, label: str) -> None:
-        """Close our channel ``label`` (as a server does to a sender that broke it)."""
-        ch = self._channels.get(label)
-        if ch is not None:
-            ch.close()
-
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
