@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import Any, Literal, TypeVar
@@ -34,25 +34,28 @@ from room.devserver import DevServer
 from room.devserver.auth import mint_token
 from tests.livekit import LiveKitServer
 
-__all__ = ["Server", "run_livekit_api"]
+__all__ = ["Server", "in_asyncio", "run_livekit_api"]
 
 T = TypeVar("T")
 Kind = Literal["dev", "livekit"]
 
 
+async def in_asyncio(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Await ``fn()``, a coroutine of asyncio-only code (livekit-api runs on aiohttp): as
+    is under asyncio, in a worker thread with an asyncio loop of its own under Trio."""
+    if sniffio.current_async_library() == "asyncio":
+        return await fn()
+    return await anyio.to_thread.run_sync(lambda: asyncio.run(fn()))
+
+
 async def run_livekit_api(url: str, key: str, secret: str,
                           call: Callable[[lkapi.LiveKitAPI], Awaitable[T]]) -> T:
-    """``call(api)`` with a `livekit.api.LiveKitAPI` for the server at ``url``.
-
-    livekit-api runs on aiohttp, which is asyncio-only: under Trio it runs in a worker
-    thread with an asyncio loop of its own."""
+    """``call(api)`` with a `livekit.api.LiveKitAPI` for the server at ``url``."""
     async def with_api() -> T:
         async with lkapi.LiveKitAPI(url, key, secret) as client:
             return await call(client)
 
-    if sniffio.current_async_library() == "asyncio":
-        return await with_api()
-    return await anyio.to_thread.run_sync(lambda: asyncio.run(with_api()))
+    return await in_asyncio(with_api)
 
 
 class Server:

@@ -10,12 +10,11 @@ Where the two servers legitimately differ, the test asserts the difference.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +22,6 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
-import sniffio
 from livekit import api as lkapi
 from livekit.protocol import models
 from livekit.protocol import room as proto_room
@@ -41,7 +39,7 @@ from room.events import (
 from tests.helpers import collect, known, next_event, wait_until
 from tests.livekit import LiveKitServer
 from tests.netns import NetNs
-from tests.servers import Server, run_livekit_api
+from tests.servers import Server, in_asyncio, run_livekit_api
 
 pytestmark = pytest.mark.anyio
 
@@ -51,14 +49,6 @@ ORIGIN = "http://app.example"
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-async def in_asyncio(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Await ``fn()``, a coroutine of asyncio-only code (livekit-api runs on aiohttp): as
-    is under asyncio, in a worker thread with an asyncio loop of its own under Trio."""
-    if sniffio.current_async_library() == "asyncio":
-        return await fn()
-    return await anyio.to_thread.run_sync(lambda: asyncio.run(fn()))
 
 
 def api_token(server: Server, **grants: Any) -> str:
