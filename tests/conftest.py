@@ -20,12 +20,17 @@ import pytest
 from room.devserver import DevServer
 from tests.interop.servers import NsServer
 from tests.livekit import LiveKitServer, livekit_unavailable
-from tests.netns import NetNs, netns
+from tests.netns import NetNs, netns, remove_stale
 from tests.servers import Server
 
 # How long the dev server batches presence of non-publishers in the general suite (the
 # real server's 3 s is its default, checked by the conformance test): fast tests.
 DEV_PRESENCE_INTERVAL = 0.1
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Namespaces of earlier runs that were killed before they could delete theirs.
+    remove_stale()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -49,7 +54,8 @@ def livekit_netns() -> Iterator[NetNs]:
 
 
 @asynccontextmanager
-async def dev_server(request: pytest.FixtureRequest, **settings: Any) -> AsyncIterator[Server]:
+async def start_dev_server(request: pytest.FixtureRequest, **settings: Any
+                           ) -> AsyncIterator[Server]:
     """A fresh dev server. ``@pytest.mark.devserver(ping_interval=1, ...)`` on a test
     sets it up (the real server's settings are fixed: 5 s ping interval, 15 s timeout,
     3 s presence batches); ``settings`` override both."""
@@ -61,7 +67,7 @@ async def dev_server(request: pytest.FixtureRequest, **settings: Any) -> AsyncIt
 
 
 @asynccontextmanager
-async def livekit_server(request: pytest.FixtureRequest, log_dir: Path
+async def start_livekit_server(request: pytest.FixtureRequest, log_dir: Path
                          ) -> AsyncIterator[Server]:
     """A fresh livekit-server in the session's namespace (skips where it cannot run)."""
     ns: NetNs = request.getfixturevalue("livekit_netns")
@@ -76,8 +82,8 @@ async def livekit_server(request: pytest.FixtureRequest, log_dir: Path
 @pytest.fixture(params=["dev", "livekit"])
 async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Server]:
     """A fresh server for this test: the dev server or livekit-server."""
-    factory = dev_server(request) if request.param == "dev" else livekit_server(
-        request, tmp_path)
+    factory = (start_dev_server(request) if request.param == "dev"
+               else start_livekit_server(request, tmp_path))
     async with factory as srv:
         yield srv
 

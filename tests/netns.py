@@ -129,6 +129,27 @@ def netns(*, exposed: bool = False) -> Iterator[NetNs]:
         subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
 
 
+def remove_stale() -> list[str]:
+    """Delete the namespaces that test runs which were killed (so could not clean up)
+    left behind: ours are named ``roomtest-<pid>-<tag>``, and the run's pid is gone.
+    Returns their names."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return []
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                            timeout=10).stdout
+    removed = []
+    for line in listed.splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] != "roomtest" or not parts[1].isdigit():
+            continue
+        if os.path.exists(f"/proc/{parts[1]}"):
+            continue  # its run is still going
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
+        removed.append(name)
+    return removed
+
+
 @functools.cache
 def netns_unavailable() -> str | None:
     """Why ``netns()`` cannot work here (a pytest skip reason), or None if it can."""

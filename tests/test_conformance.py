@@ -22,7 +22,7 @@ import pytest
 from livekit.protocol import models, rtc
 
 import room.room
-from tests.conftest import dev_server, livekit_server
+from tests.conftest import start_dev_server, start_livekit_server
 from tests.servers import Server
 
 pytestmark = pytest.mark.anyio
@@ -121,8 +121,8 @@ def _joined(r: room.room.Room) -> tuple[Any, ...]:
 @pytest.fixture
 async def both(request: pytest.FixtureRequest, tmp_path: Path
                ) -> AsyncIterator[tuple[Server, Server]]:
-    async with dev_server(request, presence_interval=PRESENCE) as dev, \
-            livekit_server(request, tmp_path) as lk:
+    async with start_dev_server(request, presence_interval=PRESENCE) as dev, \
+            start_livekit_server(request, tmp_path) as lk:
         yield dev, lk
 
 

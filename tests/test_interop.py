@@ -241,9 +241,13 @@ def test_room_reaches_livekit_server_on_localhost(backend: str, tmp_path: Path) 
     with netns() as ns, LiveKitServer(ns, log_dir=tmp_path, bind="127.0.0.1") as lk:
         srv = NsServer("livekit", ns, lk.url, lk.log_path)
         assert srv.url == "ws://127.0.0.1:7880"
-        rm = start(srv, "rm", "local", backend)
+        # The official client first: data sent to a client that has just joined may go
+        # before its own connection can take it (an official SDK's connect() returns
+        # before that), which is not what this test is about.
         lk_peer = start(srv, "lk", "local", None)
+        rm = start(srv, "rm", "local", backend)
         try:
+            lk_peer.expect("participant_connected", identity="rm", timeout=10)
             exchange(rm, lk_peer, b"over the node address", (1, "1"))
             exchange(lk_peer, rm, b"and back", (2, "2"))
         finally:
