@@ -261,6 +261,8 @@ class LiveKitServer:
                        self.log_path)
 
     def stop(self) -> None:
+        """Stop it by PID, at once: a second SIGTERM forces it after 0.2 s. (A single
+        SIGTERM is a graceful stop, which tells its participants but takes seconds.)"""
         if self.proc is not None:
             _stop(self.proc)
 
