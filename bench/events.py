@@ -2,10 +2,11 @@
 
     python -m bench.events [--events 20000] [--subscribers 1 4 16]
 
-For each subscriber count it publishes N events through an `EventHub` (one bounded stream
-per subscriber, type filter, overflow check) and, as the reference, through one plain
-anyio memory-object stream per subscriber; all consumers drain concurrently. Prints events
-per second for both and the hub/reference ratio, on asyncio and trio.
+For each subscriber count it publishes N events through an `EventHub` (one bounded buffer
+per subscriber, type filter, byte accounting, overflow check) and, as the reference,
+through one plain anyio memory-object stream per subscriber; all consumers drain
+concurrently. Prints events per second for both and the hub/reference ratio, on asyncio
+and trio. (What a slow consumer costs under each buffering policy: `bench.buffering`.)
 """
 
 from __future__ import annotations

@@ -3,7 +3,12 @@
     async with room.Room.connect(url, token) as r:
         async for ev in r.events():
             ...
+
+`Room` is imported on first use (PEP 562): it brings in aiortc and PyAV, which
+``import room`` alone, and so the ``room.testing`` pytest plugin, must not load.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from room import events
 from room.data import DataPacket, SipDTMF, TranscriptionSegment
@@ -16,17 +21,18 @@ from room.errors import (
     RequestTimeoutError,
     RoomError,
     RpcError,
+    UnsupportedFeatureError,
 )
 from room.options import (
     ContinualGatheringPolicy,
     IceServer,
     IceTransportType,
+    ReconnectPolicy,
     RoomOptions,
     RtcConfiguration,
 )
 from room.participant import LocalParticipant, Participant, RemoteParticipant
 from room.publication import LocalTrackPublication, RemoteTrackPublication, TrackPublication
-from room.room import Room
 from room.rpc import RpcErrorCode, RpcInvocationData
 from room.streams import (
     ByteStreamInfo,
@@ -48,6 +54,9 @@ from room.types import (
     TrackKind,
     TrackSource,
 )
+
+if TYPE_CHECKING:
+    from room.room import Room
 
 __version__ = "0.1.0"
 
@@ -77,6 +86,7 @@ __all__ = [
     "RequestTimeoutError",
     "Room",
     "RoomError",
+    "ReconnectPolicy",
     "RoomOptions",
     "RpcError",
     "RpcErrorCode",
@@ -95,5 +105,24 @@ __all__ = [
     "TrackPublication",
     "TrackSource",
     "TranscriptionSegment",
+    "UnsupportedFeatureError",
     "events",
 ]
+
+# Exported names whose modules are heavy, imported when first asked for.
+_LAZY = {"Room": "room.room"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'room' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

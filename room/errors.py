@@ -11,6 +11,7 @@ __all__ = [
     "EventStreamOverflowError",
     "PublishDataError",
     "RpcError",
+    "UnsupportedFeatureError",
 ]
 
 
@@ -47,8 +48,9 @@ class EventStreamOverflowError(RoomError):
     """An ``events()`` subscriber fell too far behind: its buffer filled up.
 
     Raised by the subscriber's iterator after the events it had buffered, instead of
-    silently dropping the ones that did not fit. Make the buffer larger
-    (``RoomOptions.event_buffer_size``) or consume faster.
+    silently dropping the ones that did not fit. Make the budget larger
+    (``RoomOptions.event_buffer_bytes``, or ``event_buffer_size`` if you set that) or
+    consume faster (see docs/events.md).
     """
 
 
@@ -64,3 +66,15 @@ class RpcError(RoomError):
         self.message = message
         self.data = data
         super().__init__(f"RPC error {code}: {message}")
+
+
+class UnsupportedFeatureError(RoomError, NotImplementedError):
+    """An option asks for something `room` does not implement yet.
+
+    Raised when the options are built (``RoomOptions(dynacast=True)``,
+    ``RoomOptions(e2ee=...)``, ``RtcConfiguration(continual_gathering_policy=
+    ContinualGatheringPolicy.GATHER_CONTINUALLY)``), never later: an option `room` would
+    silently ignore is refused instead. The message says what to do instead. It is a
+    `NotImplementedError` (the value is valid, the implementation is missing) and a
+    `RoomError`.
+    """

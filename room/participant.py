@@ -66,13 +66,13 @@ class RemoteParticipant(Participant):
 
 
 class _LocalEngine(Protocol):
-    """What the local participant needs from the connected room (see `room.room`)."""
+    """What the local participant needs from the room's engine (`room.engine`)."""
 
     async def update_local_participant(
         self, *, name: str | None, metadata: str | None, attributes: Mapping[str, str] | None
     ) -> None: ...
 
-    async def publish_packet(self, packet: models.DataPacket, *, reliable: bool) -> None: ...
+    async def send_packet(self, packet: models.DataPacket, *, reliable: bool) -> None: ...
 
     @property
     def rpc(self) -> RpcManager: ...
@@ -279,12 +279,7 @@ class LocalParticipant(Participant):
             mime_type=mime_type, attributes=attributes)
 
     async def _send_packet(self, packet: models.DataPacket, *, reliable: bool) -> None:
-        from room.errors import PublishDataError
-
-        engine = self._require_engine()
-        if not self.can_publish_data:
-            raise PublishDataError("the token does not allow publishing data (canPublishData)")
-        await engine.publish_packet(packet, reliable=reliable)
+        await self._require_engine().send_packet(packet, reliable=reliable)
 
 
 def _identities(value: Sequence[str]) -> list[str]:

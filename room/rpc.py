@@ -10,6 +10,7 @@ group owns (`run`): many invocations run concurrently, and on disconnect they ge
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import math
@@ -29,6 +30,8 @@ __all__ = ["ACK_TIMEOUT", "MAX_PAYLOAD", "RpcErrorCode", "RpcHandler", "RpcInvoc
 _log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 15 * 1024  # bytes, request and response payloads alike
+# How many recent requests are remembered to run a repeated one only once.
+_SEEN_REQUESTS = 4096
 ACK_TIMEOUT = 7.0  # seconds: LiveKit clients' maximum round trip for the ack
 VERSION = 1
 
@@ -79,6 +82,9 @@ class RpcInvocationData:
 
 
 RpcHandler = Callable[[RpcInvocationData], Awaitable[str] | str]
+# The manager whose invocation the current task runs (see `RpcManager.in_invocation`).
+_INVOKING: contextvars.ContextVar[RpcManager | None] = contextvars.ContextVar(
+    "room_rpc_invoking", default=None)
 SendPacket = Callable[[models.DataPacket], Awaitable[None]]
 
 
@@ -108,8 +114,8 @@ class RpcManager:
         self._tg: TaskGroup | None = None
         self._accepting = True
         self._running = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._finished = anyio.Event()  # set (and replaced) whenever an invocation ends
+        self._seen: dict[tuple[str, str], None] = {}  # recent (caller, request id)
         self._closed = False
 
     # -- methods -----------------------------------------------------------------------
@@ -194,12 +200,18 @@ class RpcManager:
                 call.finish(response=resp.payload)
         elif which == "rpc_request":
             req = packet.rpc_request
+            if (sender, req.id) in self._seen:
+                # A copy the caller sent again after reconnecting: it runs once.
+                _log.debug("repeated RPC request %s from %s ignored", req.id, sender)
+                return
+            self._seen[(sender, req.id)] = None
+            while len(self._seen) > _SEEN_REQUESTS:
+                self._seen.pop(next(iter(self._seen)))
             if self._tg is None or not self._accepting:
                 self._respond_later(sender, req.id,
                                     error=builtin_error(RpcErrorCode.RECIPIENT_DISCONNECTED))
                 return
             self._running += 1
-            self._idle = anyio.Event() if self._idle.is_set() else self._idle
             self._tg.start_soon(self._invoke, sender, req)
 
     def participant_left(self, identity: str) -> None:
@@ -231,12 +243,19 @@ class RpcManager:
         """Stop accepting requests; give running invocations ``grace`` seconds, then cancel
         them."""
         self._accepting = False
+        own = 1 if self.in_invocation() else 0  # a handler leaving the room: not itself
         with anyio.move_on_after(grace):
-            await self._idle.wait()
+            while self._running > own:
+                await self._finished.wait()
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
+    def in_invocation(self) -> bool:
+        """Whether the calling task is one of this manager's invocations."""
+        return _INVOKING.get() is self
+
     async def _invoke(self, caller: str, req: models.RpcRequest) -> None:
+        _INVOKING.set(self)  # this task's own context: it runs one invocation
         try:
             await self._send(caller, models.DataPacket(
                 destination_identities=[caller], rpc_ack=models.RpcAck(request_id=req.id)))
@@ -268,8 +287,8 @@ class RpcManager:
             await self._respond(caller, req.id, result, error)
         finally:
             self._running -= 1
-            if self._running == 0:
-                self._idle.set()
+            self._finished.set()
+            self._finished = anyio.Event()
 
     async def _respond(self, caller: str, request_id: str, payload: str,
                        error: RpcError | None) -> None:

@@ -62,8 +62,46 @@ class RoomState:
         self._speakers: list[Participant] = []
         for info in join.other_participants:
             if (info.state != _DISCONNECTED and info.identity and info.sid
-                    and info.identity != local.identity):
+                    and info.identity != local.identity and info.sid != local.sid):
                 self.remote[info.identity] = _new_remote(info)
+
+    def rejoined(self, join: rtc.JoinResponse) -> list[RoomEvent]:
+        """After a full rejoin (a new session): take its join response, and return the
+        events that bring what the user saw in line with it: the departure of whoever is
+        no longer there (reason unknown: it happened while we were away), the arrival of
+        newcomers, and the changes of those who stayed, of us and of the room. The
+        participant objects of those who stayed, and ours, are kept."""
+        events: list[RoomEvent] = []
+        local, info = self.local, join.participant
+        local.sid = info.sid
+        local.version = 0
+        if info.HasField("permission"):
+            local.can_publish_data = info.permission.can_publish_data
+        events += _apply_info(local, info)
+        if join.room.sid:
+            self.sid = join.room.sid
+        events += self._on_room(join.room)
+        now = {i.identity: i for i in join.other_participants
+               if i.identity and i.sid and i.state != _DISCONNECTED
+               and i.identity != local.identity and i.sid != local.sid}
+        for identity, p in list(self.remote.items()):
+            fresh = now.get(identity)
+            if fresh is None or fresh.sid != p.sid:
+                events += self._remove(p, DisconnectReason.UNKNOWN_REASON)
+            elif fresh.version >= p.version:
+                events += _apply_info(p, fresh)
+        for identity, fresh in now.items():
+            if identity not in self.remote:
+                p = _new_remote(fresh)
+                self.remote[identity] = p
+                events.append(ParticipantConnected(p))
+                events += [TrackPublished(pub, p) for pub in _remote_pubs(p).values()]
+        if self._speakers:
+            for speaker in self._speakers:
+                speaker.is_speaking = False
+            self._speakers = []
+            events.append(ActiveSpeakersChanged([]))
+        return events
 
     @property
     def active_speakers(self) -> list[Participant]:
@@ -130,7 +168,8 @@ class RoomState:
         for info in infos:
             if info.sid == self.local.sid or (info.identity == self.local.identity
                                               and info.identity):
-                if info.sid == self.local.sid and info.version >= self.local.version:
+                if (info.sid and info.sid == self.local.sid
+                        and info.version >= self.local.version):
                     events += _apply_info(self.local, info)
                 continue
             if not info.identity or not info.sid:

@@ -9,15 +9,21 @@
 The fixture yields a running `room.devserver.DevServer` on a free loopback port, fresh for
 each test, on the test's AnyIO backend. It is async, so use it from ``pytest.mark.anyio``
 tests (the anyio pytest plugin, installed with anyio, runs them).
+
+pytest imports this plugin in every session of every project where `room` is installed,
+so importing it must stay cheap: the dev server (and with it aiortc and PyAV) is imported
+only when the fixture is used.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from room.devserver import DevServer
+if TYPE_CHECKING:
+    from room.devserver import DevServer
 
 __all__ = ["livekit_server"]
 
@@ -25,5 +31,7 @@ __all__ = ["livekit_server"]
 @pytest.fixture
 async def livekit_server() -> AsyncIterator[DevServer]:
     """A fresh `DevServer` on 127.0.0.1 and a free port, stopped after the test."""
+    from room.devserver import DevServer
+
     async with DevServer(host="127.0.0.1", port=0) as server:
         yield server

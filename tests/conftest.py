@@ -9,7 +9,7 @@ When a test on the real server fails, its report shows the end of the server's l
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,26 @@ DEV_PRESENCE_INTERVAL = 0.1
 def pytest_sessionstart(session: pytest.Session) -> None:
     # Namespaces of earlier runs that were killed before they could delete theirs.
     remove_stale()
+
+
+# Figures the fault, interop and fuzz tests measured (counts, times), printed at the end of
+# the run whatever the capture mode, so CI's log shows them.
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``figures(line)``: report a measured figure in the run's closing summary."""
+    def add(line: str) -> None:
+        FIGURES.append(f"{request.node.name}: {line}")
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("measured figures (faults, interop, fuzzing)")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
 
 
 def pytest_configure(config: pytest.Config) -> None:

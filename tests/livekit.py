@@ -266,6 +266,13 @@ class LiveKitServer:
         if self.proc is not None:
             _stop(self.proc)
 
+    def kill(self) -> None:
+        """Crash it: SIGKILL by PID, so it says nothing to anyone (``start`` again to
+        restart it on the same ports)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+
     def log_tail(self, lines: int = 120) -> str:
         return _tail(self.log_path, lines)
 

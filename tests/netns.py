@@ -54,6 +54,36 @@ class NetNs:
         self.procs.append(proc)
         return proc
 
+    @property
+    def signal_ip(self) -> str:
+        """A second client-side address (exposed namespaces only), for connections that
+        `partition` must not cut: 10.231.N.3."""
+        return self.client_ip.rsplit(".", 1)[0] + ".3"
+
+    @contextlib.contextmanager
+    def partition(self) -> Iterator[None]:
+        """Drop every packet between the namespace and ``client_ip`` (both directions,
+        UDP and TCP) for the duration of the block; ``signal_ip`` is not affected.
+
+        Policy routing inside the namespace (no iptables or tc filters needed): the
+        ``local`` rule moves behind two rules that send traffic from and to ``client_ip``
+        to a table holding only a blackhole route."""
+        ip = ["-n", self.name]
+        _ip(*ip, "rule", "add", "pref", "10", "lookup", "local")
+        _ip(*ip, "rule", "del", "pref", "0")
+        _ip(*ip, "route", "add", "blackhole", "default", "table", "100")
+        _ip(*ip, "rule", "add", "pref", "5", "from", self.client_ip, "lookup", "100")
+        _ip(*ip, "rule", "add", "pref", "6", "to", self.client_ip, "lookup", "100")
+        try:
+            yield
+        finally:
+            for args in (("rule", "del", "pref", "5"), ("rule", "del", "pref", "6"),
+                         ("route", "del", "blackhole", "default", "table", "100"),
+                         ("rule", "add", "pref", "0", "lookup", "local"),
+                         ("rule", "del", "pref", "10")):
+                with contextlib.suppress(RuntimeError):
+                    _ip(*ip, *args)
+
     def run(self, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the namespace to completion; raises if it fails."""
         return subprocess.run(self.argv(argv), capture_output=True, text=True, check=True,
@@ -116,6 +146,8 @@ def netns(*, exposed: bool = False) -> Iterator[NetNs]:
                 _ip(*where, "link", "set", "dev", dev, "addrgenmode", "none")
             _ip(*where, "addr", "add", f"{addr}/24", "dev", dev)
             _ip(*where, "link", "set", dev, "up")
+        if exposed:
+            _ip("addr", "add", f"{ns.signal_ip}/24", "dev", ns.client_if)
         yield ns
     finally:
         for proc in reversed(ns.procs):

@@ -22,6 +22,7 @@ import pytest
 from livekit.protocol import models, rtc
 
 import room.room
+from room.engine import Engine
 from tests.conftest import start_dev_server, start_livekit_server
 from tests.servers import Server
 
@@ -83,21 +84,24 @@ def _dedupe_room_updates(seen: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 async def play(server: Server, monkeypatch: pytest.MonkeyPatch) -> Record:
     """Run the script against ``server``; what each client received, normalized."""
     record: Record = {"alice": [], "bob": []}
-    original = room.room.Room._dispatch
+    by_engine: dict[int, list[tuple[Any, ...]]] = {}  # a message may come before the join
+    original = Engine._dispatch
 
-    def tap(self: room.room.Room, msg: rtc.SignalResponse) -> None:
-        record[self.local_participant.identity] += normalize(msg)
-        original(self, msg)
+    def tap(self: Engine, link: Any, msg: rtc.SignalResponse) -> None:
+        by_engine.setdefault(id(self), []).extend(normalize(msg))
+        original(self, link, msg)
 
     with monkeypatch.context() as patch:
-        patch.setattr(room.room.Room, "_dispatch", tap)
+        patch.setattr(Engine, "_dispatch", tap)
         # The join responses arrive before the tap can see them (they open the room).
         async with server.connect("alice", room="conf") as alice:
             record["alice"].append(_joined(alice))
+            alice_seen = by_engine.setdefault(id(alice._engine), [])
             await anyio.sleep(SETTLE)
             async with server.connect("bob", room="conf", name="Bob", metadata="m0",
                                       attributes={"a": "1"}) as bob:
                 record["bob"].append(_joined(bob))
+                bob_seen = by_engine.setdefault(id(bob._engine), [])
                 await anyio.sleep(SETTLE)
                 me = bob.local_participant
                 await me.set_metadata("m1")
@@ -106,16 +110,19 @@ async def play(server: Server, monkeypatch: pytest.MonkeyPatch) -> Record:
                 await server.update_room_metadata("conf", "topic")
                 await anyio.sleep(1.0)
             await anyio.sleep(SETTLE)
+    record["alice"] += alice_seen
+    record["bob"] += bob_seen
     return {who: _dedupe_room_updates(seen) for who, seen in record.items()}
 
 
 def _joined(r: room.room.Room) -> tuple[Any, ...]:
     me = r.local_participant
-    assert r._keepalive is not None
+    keepalive = r._engine.keepalive
+    assert keepalive is not None
     return ("join", r.name, r.metadata,
             (me.identity, "?", me.name, me.metadata, sorted(me.attributes.items()), ""),
             sorted(r.remote_participants), r._rtc is not None and r._rtc._subscriber_primary,
-            int(r._keepalive.interval), int(r._keepalive.timeout))
+            int(keepalive.interval), int(keepalive.timeout))
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from livekit.protocol import models
 import room
 from room.events import DataReceived, SipDTMFReceived, TranscriptionReceived
 from room.transport.rtc import RELIABLE
-from tests.helpers import aiortc_tasks, client_tasks, known, next_event
+from tests.helpers import aiortc_tasks, client_tasks, known, next_event, wait_until
 from tests.servers import Server
 
 pytestmark = pytest.mark.anyio
@@ -23,11 +23,10 @@ async def test_ten_thousand_reliable_packets_arrive_in_order_once(
         server: Server) -> None:
     srv = server
     n = 10_000
-    # Room for the whole burst: through an SFU, packets arrive in bursts that a reader
-    # sharing two cores with the server can trail by more than the default 1,024 events
-    # (seen on livekit-server). What a busy reader should get is the reconnect issue's.
-    opts = room.RoomOptions(event_buffer_size=n)
-    async with srv.connect("rx", options=opts) as rx, \
+    # Default options: through an SFU packets arrive in bursts that a reader sharing two
+    # cores with the server can trail by more than 1,024 events (seen on livekit-server);
+    # the default byte budget (16 MiB, about 57,000 such small events) absorbs them.
+    async with srv.connect("rx") as rx, \
             srv.connect("tx") as tx:
         events = rx.events(DataReceived)
         got: list[int] = []
@@ -50,6 +49,89 @@ async def test_ten_thousand_reliable_packets_arrive_in_order_once(
                 for i in range(n):
                     await tx.local_participant.publish_data(str(i).encode())
         assert got == list(range(n))
+
+
+def _numbered(i: int, size: int = 1024) -> bytes:
+    return i.to_bytes(4, "big") + bytes(size - 4)
+
+
+def _number(event: room.events.RoomEvent) -> int:
+    assert isinstance(event, DataReceived)
+    return int.from_bytes(event.packet.data[:4], "big")
+
+
+async def test_a_burst_to_a_reader_busy_for_a_second_arrives_whole_and_in_order(
+        server: Server) -> None:
+    """2,000 reliable 1 KiB packets while the only reader is busy elsewhere: with the
+    default options nothing is lost (the former limit, 1,024 events, cut such a reader
+    off), memory stays within the subscription's byte budget, and the room stays up."""
+    srv = server
+    n = 2000
+    async with srv.connect("rx") as rx, \
+            srv.connect("tx") as tx:
+        events = rx.events(DataReceived)
+
+        async def send() -> None:
+            for i in range(n):
+                await tx.local_participant.publish_data(_numbered(i))
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send)
+                first = await next_event(events, DataReceived, timeout=30)
+                # Busy for a second, and on until the whole burst waits in the buffer.
+                await anyio.sleep(1.0)
+                await wait_until(lambda: events.statistics().items >= n - 1, timeout=100)
+                held = events.statistics()
+                got = [first] + [await events.__anext__() for _ in range(n - 1)]
+        assert [_number(e) for e in got] == list(range(n))
+        assert held.items == n - 1 > 1024 and not held.overflowed
+        budget = room.RoomOptions().event_buffer_bytes
+        assert held.max_bytes == budget and held.peak_bytes <= budget
+        assert rx.isconnected()
+
+
+async def test_a_data_reader_that_never_reads_is_cut_off_at_its_budget_alone(
+        server: Server) -> None:
+    budget = 256 * 1024
+    n = 600  # 1 KiB packets: about 780 kB of events, three times the budget
+    opts = room.RoomOptions(event_buffer_bytes=budget)
+    async with server.connect("rx", options=opts) as rx, \
+            server.connect("tx") as tx:
+        stuck = rx.events(DataReceived)
+        reader = rx.events(DataReceived)
+        got: list[int] = []
+
+        async def receive() -> None:
+            async for ev in reader:
+                got.append(_number(ev))
+                if len(got) == n:
+                    return
+
+        async def caught_up(count: int) -> None:
+            await wait_until(lambda: len(got) >= count, timeout=30)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(receive)
+                for i in range(n):
+                    await tx.local_participant.publish_data(_numbered(i))
+                    if i % 50 == 49:  # the reader stays well within its own budget
+                        await caught_up(i - 49)
+        assert got == list(range(n))
+        stats = stuck.statistics()
+        assert stats.overflowed and 0 < stats.items == stats.peak_items < n
+        assert stats.peak_bytes <= budget < stats.peak_bytes + 1500
+        held: list[int] = []
+        with anyio.fail_after(10), pytest.raises(room.EventStreamOverflowError,
+                                                 match="bytes behind"):
+            async for ev in stuck:
+                held.append(_number(ev))
+        assert held == list(range(stats.peak_items))  # everything it had, then the error
+        # Neither the room nor the other subscriber noticed.
+        await tx.local_participant.publish_data(b"after")
+        assert (await next_event(reader, DataReceived)).packet.data == b"after"
+        assert rx.isconnected() and reader.statistics().peak_bytes < budget
 
 
 async def test_lossy_packets_arrive(server: Server) -> None:

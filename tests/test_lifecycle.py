@@ -98,8 +98,9 @@ async def test_a_participant_whose_webrtc_never_connects_is_removed(server: Serv
 @pytest.mark.devserver(ping_interval=1, ping_timeout=2)
 async def test_missing_pongs_end_the_room_with_a_reason(server: Server) -> None:
     """The server goes silent with the socket open: the dev server by its partition hook
-    (for this one participant), livekit-server by being stopped (SIGSTOP)."""
-    async with server.connect("me") as r:
+    (for this one participant), livekit-server by being stopped (SIGSTOP). Without a
+    reconnect policy that ends the room (with one, see tests/test_reconnect.py)."""
+    async with server.connect("me", options=room.RoomOptions(reconnect=None)) as r:
         events = r.events()
         if server.dev is not None:
             await server.dev.simulate_partition("r", "me")
@@ -211,8 +212,9 @@ async def test_server_shutdown_ends_the_room_promptly_with_a_reason(server: Serv
     why (SERVER_SHUTDOWN). livekit-server's graceful stop (one SIGTERM) waits for its
     participants to leave by themselves, polling every 5 s, and tells them nothing; its
     forced stop (a second SIGTERM) closes the rooms, and its leave (SERVER_SHUTDOWN) may
-    or may not be written before the process exits: the client sees either."""
-    async with server.connect("a") as a:
+    or may not be written before the process exits: the client sees either (without a
+    reconnect policy; with one, a server gone for good is in tests/test_reconnect.py)."""
+    async with server.connect("a", options=room.RoomOptions(reconnect=None)) as a:
         events = a.events(Disconnected)
         if server.dev is not None:
             await server.dev.shutdown()

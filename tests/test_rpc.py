@@ -8,8 +8,8 @@ import anyio
 import pytest
 
 import room
-from room import RpcErrorCode, RpcInvocationData
-from tests.helpers import client_tasks, known
+from room import RpcError, RpcErrorCode, RpcInvocationData
+from tests.helpers import client_tasks, known, wait_until
 from tests.servers import Server
 
 pytestmark = pytest.mark.anyio
@@ -224,3 +224,26 @@ async def test_disconnect_during_100_invocations_ends_within_the_grace_period(
         # The callee's invocation tasks are gone (only the caller's room runs).
         assert not [t for t in client_tasks() if "_invoke" in t]
     assert client_tasks() == []
+
+
+async def test_disconnect_from_inside_a_handler_does_not_wait_for_that_handler(
+        server: Server) -> None:
+    """A handler that leaves the room: ``disconnect()`` returns promptly (it does not wait
+    out the drain period for the very invocation that called it), and the room ends."""
+    async with server.connect("callee", options=room.RoomOptions(rpc_drain_timeout=5.0)
+                              ) as callee, server.connect("caller") as caller:
+        took: list[float] = []
+
+        @callee.local_participant.rpc_method("leave")
+        async def leave(data: RpcInvocationData) -> str:
+            started = time.monotonic()
+            await callee.disconnect()
+            took.append(time.monotonic() - started)
+            return "bye"
+
+        with pytest.raises(RpcError):
+            await caller.local_participant.perform_rpc(
+                destination_identity="callee", method="leave", payload="", response_timeout=3.0)
+        await wait_until(lambda: bool(took), timeout=5.0)
+        assert took[0] < 2.5, took  # the goodbye is bounded by 2 s; the drain would be 5 s
+        assert not callee.isconnected()

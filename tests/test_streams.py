@@ -19,13 +19,15 @@ import room
 from room.events import DataReceived, ParticipantDisconnected
 from room.streams import (
     CHUNK_SIZE,
+    DEFAULT_READER_BUFFER_BYTES,
     ByteStreamReader,
     StreamError,
     StreamManager,
     TextStreamReader,
     utf8_chunks,
 )
-from tests.helpers import client_tasks, known, next_event
+from room.streams._readers import chunk_cost
+from tests.helpers import client_tasks, known, next_event, wait_until
 from tests.servers import Server
 
 pytestmark = pytest.mark.anyio
@@ -58,11 +60,13 @@ def test_utf8_chunks_back_off_from_a_character_straddling_the_limit() -> None:
 class Link:
     """Alice's manager sends straight into Bob's, as the server would relay it."""
 
-    def __init__(self, reader_buffer: int = 256) -> None:
+    def __init__(self, reader_buffer: int | None = None,
+                 reader_buffer_bytes: int = DEFAULT_READER_BUFFER_BYTES) -> None:
         self.sent: list[models.DataPacket] = []
         self.tx = StreamManager(send_packet=self._deliver, local_identity=lambda: "alice")
         self.rx = StreamManager(send_packet=self._nowhere, local_identity=lambda: "bob",
-                                reader_buffer=reader_buffer)
+                                reader_buffer=reader_buffer,
+                                reader_buffer_bytes=reader_buffer_bytes)
 
     async def _deliver(self, packet: models.DataPacket) -> None:
         self.sent.append(packet)
@@ -237,6 +241,52 @@ async def test_a_reader_that_falls_behind_is_cut_off_without_blocking() -> None:
     assert [await slow_reader.__anext__() for _ in range(3)] == [b"\0", b"\1", b"\2"]
     with pytest.raises(StreamError, match="fell more than 3 chunks behind"):
         await slow_reader.__anext__()
+
+
+async def test_a_reader_is_bounded_by_bytes_and_keeps_what_fit() -> None:
+    cost = chunk_cost(bytes(1000))
+    link = Link(reader_buffer_bytes=5 * cost)
+    slow, fast = link.rx.byte_streams("t"), link.rx.byte_streams("t")
+    link.feed(header(text=False))
+    slow_reader, fast_reader = await slow.__anext__(), await fast.__anext__()
+    for i in range(8):
+        link.feed(chunk(i, bytes([i]) * 1000))
+        assert slow_reader.statistics().bytes <= 5 * cost
+        assert await fast_reader.__anext__() == bytes([i]) * 1000
+    link.feed(trailer())
+    assert await fast_reader.read_all() == b""
+    stats = slow_reader.statistics()
+    assert stats.overflowed and (stats.items, stats.peak_bytes) == (5, 5 * cost)
+    assert [await slow_reader.__anext__() for _ in range(5)] == [
+        bytes([i]) * 1000 for i in range(5)]
+    with pytest.raises(StreamError, match=f"fell more than {5 * cost:,} bytes behind"):
+        await slow_reader.__anext__()
+
+
+async def test_a_busy_reader_holds_a_long_stream_by_default() -> None:
+    """400 chunks (6 MB) wait for a reader that reads nothing until the trailer: the
+    former limit, 256 chunks, cut such a reader off; the default byte budget does not."""
+    link = Link()
+    sub = link.rx.byte_streams("t")
+    link.feed(header(text=False))
+    reader = await sub.__anext__()
+    for i in range(400):
+        link.feed(chunk(i, bytes([i % 256]) * CHUNK_SIZE))
+    link.feed(trailer())
+    stats = reader.statistics()
+    assert (stats.items, stats.overflowed) == (400, False)
+    assert stats.bytes == 400 * chunk_cost(bytes(CHUNK_SIZE)) <= DEFAULT_READER_BUFFER_BYTES
+    assert await reader.read_all() == b"".join(bytes([i % 256]) * CHUNK_SIZE
+                                               for i in range(400))
+
+
+def test_reader_limits_are_checked() -> None:
+    mgr = StreamManager(send_packet=Link()._nowhere, local_identity=lambda: "bob")
+    assert (mgr.reader_buffer, mgr.reader_buffer_bytes) == (None, DEFAULT_READER_BUFFER_BYTES)
+    for name, bad in [("reader_buffer", 0), ("reader_buffer_bytes", None),
+                      ("reader_buffer_bytes", 1.5), ("pending_streams", 0)]:
+        with pytest.raises(ValueError, match=name):
+            setattr(mgr, name, bad)
 
 
 async def test_a_subscription_nobody_iterates_is_cut_off() -> None:
@@ -485,10 +535,9 @@ async def test_send_file_of_five_megabytes(server: Server, tmp_path: Path) -> No
     path.write_bytes(os.urandom(5 * 1024 * 1024))
     async with srv.connect("alice") as a, \
             srv.connect("bob") as b:
-        # A buffer well below the file (128 chunks, 1.9 MB): the receiver must keep up,
-        # never holding the file. (32 was too few through livekit-server, whose bursts a
-        # reader sharing two cores with it can trail by more: the reconnect issue's.)
-        b.streams.reader_buffer = 128
+        # Default options: the reader iterates as chunks arrive; livekit-server's bursts,
+        # which a reader sharing two cores with it can trail by more than 32 chunks, fit
+        # the default byte budget.
         streams = b.byte_streams("files")
         expected = _file_chunks(path, CHUNK_SIZE)
         sizes: list[int] = []
@@ -508,6 +557,36 @@ async def test_send_file_of_five_megabytes(server: Server, tmp_path: Path) -> No
                 await a.local_participant.send_file(path, topic="files")
         assert sum(sizes) == 5 * 1024 * 1024 and max(sizes) == CHUNK_SIZE
         assert next(expected, None) is None
+
+
+async def test_a_reader_busy_until_a_whole_file_arrived_still_gets_all_of_it(
+        server: Server) -> None:
+    """5 MiB (350 chunks) wait for a reader that reads nothing for a second and on until
+    the stream has ended: the former limit, 256 chunks, cut it off; the default byte
+    budget holds it."""
+    srv = server
+    data = os.urandom(5 * 1024 * 1024)
+    chunks = -(-len(data) // CHUNK_SIZE)
+    async with srv.connect("alice") as a, \
+            srv.connect("bob") as b:
+        streams = b.byte_streams("files")
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tg:
+
+                async def send() -> None:
+                    async with a.local_participant.stream_bytes(
+                            topic="files", total_length=len(data)) as writer:
+                        await writer.write(data)
+
+                tg.start_soon(send)
+                reader = await streams.__anext__()
+                await anyio.sleep(1.0)  # busy
+                await wait_until(lambda: reader.statistics().items >= chunks, timeout=80)
+            stats = reader.statistics()
+            assert await reader.read_all() == data
+        assert stats.items == chunks > 256 and not stats.overflowed
+        budget = room.RoomOptions().stream_buffer_bytes
+        assert stats.max_bytes == budget and stats.peak_bytes <= budget
 
 
 async def test_send_file_guesses_the_mime_type(server: Server,
@@ -568,22 +647,33 @@ async def test_aborted_writer_ends_the_reader_with_an_error(server: Server) -> N
 
 async def test_an_unread_reader_does_not_stall_the_room(server: Server) -> None:
     srv = server
+    budget = 100_000  # six full chunks fit, the seventh does not
     async with srv.connect("alice") as a, \
-            srv.connect("bob") as b:
-        b.streams.reader_buffer = 4
-        streams = b.byte_streams("big")
+            srv.connect("bob", options=room.RoomOptions(stream_buffer_bytes=budget)) as b:
+        streams, other = b.byte_streams("big"), b.byte_streams("big")
         data = b.events(DataReceived)
         with anyio.fail_after(20):
             await a.local_participant.send_text("ignored: other kind", topic="big")
+            other_reader: ByteStreamReader | None = None
             async with a.local_participant.stream_bytes(topic="big") as writer:
-                await writer.write(os.urandom(20 * CHUNK_SIZE))
+                payload = os.urandom(20 * CHUNK_SIZE)
+                for start in range(0, len(payload), CHUNK_SIZE):
+                    await writer.write(payload[start:start + CHUNK_SIZE])
+                    if other_reader is None:
+                        other_reader = await other.__anext__()
+                    # The other reader keeps up (its buffer stays within the same budget).
+                    assert await other_reader.__anext__() == payload[start:start + CHUNK_SIZE]
             await a.local_participant.publish_data(b"after", topic="x")
             ev = await next_event(data, DataReceived)
             assert ev.packet.data == b"after"
             reader = await streams.__anext__()  # claimed only now, never read meanwhile
-            assert len([await reader.__anext__() for _ in range(4)]) == 4
-            with pytest.raises(StreamError, match="behind"):
+            stats = reader.statistics()
+            assert stats.overflowed and stats.items == 6 and stats.peak_bytes <= budget
+            assert b"".join([await reader.__anext__() for _ in range(6)]) == payload[
+                :6 * CHUNK_SIZE]
+            with pytest.raises(StreamError, match="bytes behind"):
                 await reader.__anext__()
+            assert other_reader is not None and await other_reader.read_all() == b""
 
 
 async def test_room_closing_ends_stream_iterators_and_open_readers(

@@ -114,11 +114,11 @@ def verify_token(token: str | None, keys: Mapping[str, str]) -> Grants:
             isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()):
         raise AuthError(401, "invalid authorization token: attributes must map str to str")
     return Grants(
-        identity=identity,
-        room=room,
+        identity=_utf8(identity),
+        room=_utf8(room),
         name=_str(claims.get("name")),
         metadata=_str(claims.get("metadata")),
-        attributes={k: v for k, v in attributes.items() if v},
+        attributes={_utf8(k): _utf8(v) for k, v in attributes.items() if v},
         kind=_str(claims.get("kind")),
         can_publish=_flag(video, "canPublish", True),
         can_subscribe=_flag(video, "canSubscribe", True),
@@ -147,7 +147,7 @@ def _verified_claims(token: str, keys: Mapping[str, str], *, require: tuple[str,
     api_key = str(unverified.get("iss", ""))
     secret = keys.get(api_key)
     if secret is None:
-        raise AuthError(401, f"invalid API key: {api_key}")  # a key is no secret
+        raise AuthError(401, f"invalid API key: {_utf8(api_key)}")  # a key is no secret
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
@@ -175,4 +175,12 @@ def _flag(video: Mapping[str, Any], key: str, default: bool) -> bool:
 
 
 def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
+    return _utf8(value) if isinstance(value, str) else ""
+
+
+def _utf8(text: str) -> str:
+    """``text`` with lone surrogates (JSON may escape them: "\\ud800") replaced by U+FFFD,
+    as Go's JSON decoder in livekit-server replaces them: protobuf strings must be UTF-8."""
+    if text.isascii():
+        return text
+    return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)

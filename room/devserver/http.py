@@ -204,6 +204,10 @@ class WebSocket:
                 await self._write(self._conn.send(wse.CloseConnection(code=code, reason=reason)))
         await self._shutdown()
 
+    async def abort(self) -> None:
+        """Drop the connection at once, without a close frame (a network fault)."""
+        await self._shutdown()
+
     async def _write(self, data: bytes) -> bool:
         try:
             async with self._lock:
@@ -275,6 +279,10 @@ async def serve_connection(
         ws = WebSocket(stream, ws_conn, max_message)
         try:
             await on_websocket(request, ws)
+        except Exception:
+            # One connection's failure must not end the server's task group (and with it
+            # every other connection): log it and close this one.
+            _log.exception("dev server: WebSocket handler failed")
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await ws.close()
@@ -352,7 +360,9 @@ async def _respond(stream: ByteStream, conn: h11.Connection, answer: Reject | Re
     content_type: str | None
     extra: tuple[tuple[str, str], ...]
     if isinstance(answer, Reject):
-        body, content_type, extra = answer.text.encode(), "text/plain; charset=utf-8", ()
+        # (text may quote what a client sent: never let it fail to encode)
+        body, content_type = answer.text.encode(errors="replace"), "text/plain; charset=utf-8"
+        extra = ()
     else:
         body, content_type, extra = answer.body, answer.content_type, answer.headers
     status = answer.status

@@ -1,9 +1,12 @@
 """The dev server's rooms and participant sessions (all mutation is synchronous).
 
-A `Session` is one joined participant: its `ParticipantInfo`, its grants and an outbox
-(a bounded memory stream drained by the connection's writer task). Nothing here awaits, so
-room state changes are atomic with respect to other connections; a participant whose
-outbox overflows is disconnected rather than allowed to stall the room.
+A `Session` is one joined participant: its `ParticipantInfo`, its grants and, while it
+has a signalling connection, an outbox (a bounded memory stream drained by that
+connection's writer task). A session outlives its connection: one that drops without a
+``leave`` leaves the session in the room, and a resume (``reconnect=1``) attaches a new
+one (`Session.attach`). Nothing here awaits, so room state changes are atomic with
+respect to other connections; a participant whose outbox overflows is disconnected
+rather than allowed to stall the room.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -28,6 +31,8 @@ __all__ = ["DevRoom", "Session", "new_sid"]
 _log = logging.getLogger(__name__)
 
 _OUTBOX = 4096
+# How many participants' latest updates a session remembers (livekit-server: 128).
+_UPDATE_MEMORY = 128
 # livekit-server's default limits for what participants may set about themselves (bytes).
 MAX_NAME = 256
 MAX_METADATA = 512 * 1024
@@ -69,18 +74,26 @@ class Session:
                 can_update_metadata=grants.can_update_own_metadata,
             ),
         )
-        self.outbox: MemoryObjectSendStream[rtc.SignalResponse | None]
-        self.inbox: MemoryObjectReceiveStream[rtc.SignalResponse | None]
-        self.outbox, self.inbox = anyio.create_memory_object_stream[
-            rtc.SignalResponse | None](_OUTBOX)
+        # The signalling connection it has now (none while it is away: see `attach`).
+        self.ws: WebSocket | None = None
+        self.outbox: MemoryObjectSendStream[rtc.SignalResponse | None] | None = None
         self.closed = anyio.Event()
         self.close_reason = models.DisconnectReason.UNKNOWN_REASON
-        self.ws: WebSocket | None = None  # set by the connection that owns the session
-        self.rtc: SessionRtc | None = None  # its peer connections (same owner)
-        # A simulated network partition: nothing is sent to it or taken from it.
-        self.partitioned = False
+        self.rtc: SessionRtc | None = None  # its peer connections (owned by the server)
+        # A simulated network partition, until then (monotonic): nothing is sent to it
+        # or taken from it.
+        self.partitioned_until = 0.0
         # The highest reliable data sequence relayed from it (aiortc loop only).
         self.last_reliable_sequence = 0
+        # When its last signal request arrived (monotonic), and the latest update sent
+        # (or meant) for each participant, as livekit-server keeps them: a resume is told
+        # who left since that request (`departed_since`).
+        self.last_signal_at = time.monotonic()
+        self._updates: collections.OrderedDict[str, tuple[str, int, int, float]] = (
+            collections.OrderedDict())
+        # Its peer connections failed (monotonic deadline): it is removed then unless it
+        # resumes first (see `room.devserver.faults`).
+        self.failed_until: float | None = None
 
     @property
     def subscriber_primary(self) -> bool:
@@ -97,9 +110,19 @@ class Session:
     def hidden(self) -> bool:
         return self.grants.hidden
 
+    @property
+    def partitioned(self) -> bool:
+        return time.monotonic() < self.partitioned_until
+
     def send(self, msg: rtc.SignalResponse) -> None:
-        """Queue ``msg``; a participant too slow to keep up is disconnected."""
-        if self.closed.is_set() or self.partitioned:
+        """Queue ``msg`` on its signalling connection; a participant too slow to keep up
+        is disconnected. While it has no connection (away, about to resume) the message
+        is lost, as on livekit-server; participant updates are remembered regardless."""
+        if self.closed.is_set():
+            return
+        if msg.WhichOneof("message") == "update":
+            self._note(msg.update.participants)
+        if self.outbox is None or self.partitioned:
             return
         try:
             self.outbox.send_nowait(msg)
@@ -107,14 +130,65 @@ class Session:
             _log.warning("dev server: %s is not reading; disconnecting it", self.identity)
             self.close(models.DisconnectReason.CONNECTION_TIMEOUT)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self.close(models.DisconnectReason.SIGNAL_CLOSE)
+            pass  # that connection is ending; its task lets the session know
+
+    def attach(self, ws: WebSocket) -> MemoryObjectReceiveStream[rtc.SignalResponse | None]:
+        """Make ``ws`` its signalling connection, and return the stream of what to write
+        to it. A previous connection is let go: its writer sends what is queued and
+        closes it (livekit-server closes the old WebSocket of a resumed session)."""
+        if self.outbox is not None:
+            self.outbox.close()
+        self.ws = ws
+        self.outbox, inbox = anyio.create_memory_object_stream[rtc.SignalResponse | None](
+            _OUTBOX)
+        return inbox
+
+    def detach(self, ws: WebSocket | None) -> bool:
+        """``ws`` is gone: if it was its signalling connection, it has none now (True)."""
+        if ws is None or self.ws is not ws:
+            return False
+        self.ws = None
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
+        return True
+
+    def end_signal(self) -> None:
+        """Close its signalling connection once what is queued is written (a final
+        ``leave``); the session itself goes on, waiting for a resume."""
+        if self.outbox is not None:
+            self.outbox.close()
 
     def close(self, reason: models.DisconnectReason) -> None:
-        """Mark the session over; the connection task notices and cleans up."""
+        """Mark the session over; its tasks notice and clean up (a queued final message
+        still goes out before the connection closes)."""
         if not self.closed.is_set():
             self.close_reason = reason
             self.closed.set()
-            self.outbox.close()
+            if self.outbox is not None:
+                self.outbox.close()
+
+    def _note(self, infos: Iterable[models.ParticipantInfo]) -> None:
+        now = time.monotonic()
+        for info in infos:
+            self._updates[info.sid] = (info.identity, info.version, info.state, now)
+            self._updates.move_to_end(info.sid)
+        while len(self._updates) > _UPDATE_MEMORY:
+            self._updates.popitem(last=False)
+
+    def departed_since(self, since: float) -> list[models.ParticipantInfo]:
+        """Those whose latest update for it, made at ``since`` or later, said they left
+        (livekit-server's sendDisconnectUpdatesForReconnect: sid, identity, version,
+        state only), newest first."""
+        gone: list[models.ParticipantInfo] = []
+        for sid, (identity, version, state, at) in reversed(self._updates.items()):
+            if at < since:
+                break
+            if state == models.ParticipantInfo.State.DISCONNECTED:
+                gone.append(models.ParticipantInfo(
+                    sid=sid, identity=identity, version=version,
+                    state=models.ParticipantInfo.State.DISCONNECTED))
+        return gone
 
 
 class DevRoom:

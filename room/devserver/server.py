@@ -15,16 +15,18 @@ from types import TracebackType
 
 import anyio
 from anyio.abc import Listener, SocketStream, TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 from livekit.protocol import room as proto_room
 
+from room.devserver import faults
 from room.devserver.auth import AuthError, Grants, mint_token, verify_token
 from room.devserver.http import HttpRequest, Reject, Response, WebSocket, serve_connection
 from room.devserver.rooms import DevRoom, Session
 from room.devserver.service import ROOM_SERVICE_PATH, RoomService, TwirpError
 from room.devserver.webrtc import SessionRtc
-from room.transport.ice import DEVSERVER_NODE_ID, server_host_addresses
+from room.transport.ice import DEVSERVER_NODE_ID, resolve_host, server_host_addresses
 from room.transport.peer import RELIABLE
 
 __all__ = ["DevServer"]
@@ -35,17 +37,27 @@ SERVER_VERSION = "1.9.0"
 _PROTOCOL = 16
 # A data channel message larger than this is dropped: livekit-server's SCTP read buffer.
 MAX_RECEIVED_MESSAGE = 65_535
+_SHUTDOWN_LEAVE = rtc.SignalResponse(leave=rtc.LeaveRequest(
+    reason=models.DisconnectReason.SERVER_SHUTDOWN,
+    action=rtc.LeaveRequest.Action.DISCONNECT)).SerializeToString()
+# How often each session's peer connections are checked for silence (seconds).
+_WATCH_INTERVAL = 0.5
+Action = rtc.LeaveRequest.Action
 
 
 class DevServer:
     """Run with ``async with DevServer() as server:``; ``server.url`` is where to connect.
 
     ``ping_interval`` and ``ping_timeout`` (seconds) are what the join response tells
-    clients. As on livekit-server, a client that stops pinging is not dropped for it
-    (its connection closing is what ends it), but one whose WebRTC does not connect within
-    ``join_timeout`` seconds (livekit-server: 60) is removed. ``presence_interval``
-    (seconds): how long joins and leaves of participants that publish nothing may wait
-    before the others hear of them, as on livekit-server (3 s); 0 announces them at once.
+    clients. As on livekit-server, a client that stops pinging is not dropped for it, and
+    one whose signalling connection drops without a ``leave`` stays in the room while its
+    peer connections live, so that it can resume (``reconnect=1``); one whose WebRTC does
+    not connect within ``join_timeout`` seconds (livekit-server: 60) is removed, and so is
+    one whose peer connections go silent (see `room.devserver.faults`).
+    ``presence_interval`` (seconds): how long joins and leaves of participants that
+    publish nothing may wait before the others hear of them, as on livekit-server (3 s);
+    0 announces them at once. Faults for tests: `cut_signal`, `drop_udp`,
+    `simulate_partition`, `send_leave`, `restart`.
     """
 
     def __init__(
@@ -76,8 +88,10 @@ class DevServer:
                                     presence_interval=self.presence_interval)
         self._tg: TaskGroup | None = None
         self._serving: anyio.CancelScope | None = None
+        self._served = anyio.Event()  # set when `_serve` has ended
         self._connections: TaskGroup | None = None
         self._listener: Listener[SocketStream] | None = None
+        self._ice_hosts: tuple[str, ...] | None = None  # where sessions gather (ICE)
 
     def __repr__(self) -> str:
         return f"<DevServer url={self.url if self._listener else None!r}>"
@@ -88,6 +102,7 @@ class DevServer:
         self._listener = await anyio.create_tcp_listener(
             local_host=self.host, local_port=self.port, reuse_port=False)
         self.port = self._listener.extra(anyio.abc.SocketAttribute.local_port)
+        self._ice_hosts = server_host_addresses(await resolve_host(self.host))
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -118,9 +133,7 @@ class DevServer:
             return
         # Tell every participant first, writing directly: when we are cancelled from
         # outside, the connections' writer tasks are already being cancelled.
-        leave = rtc.SignalResponse(leave=rtc.LeaveRequest(
-            reason=models.DisconnectReason.SERVER_SHUTDOWN,
-            action=rtc.LeaveRequest.Action.DISCONNECT)).SerializeToString()
+        leave = _SHUTDOWN_LEAVE
         everyone = [(r, s) for r in self._rooms.values() for s in r.sessions.values()]
         with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
             for _, session in everyone:
@@ -188,12 +201,92 @@ class DevServer:
         except TwirpError as exc:
             raise _python_error(exc, f"no participant {identity!r} in room {room!r}") from None
 
-    async def simulate_partition(self, room: str, identity: str) -> None:
-        """Stop talking to ``identity`` without closing its connection, as if the network
-        between it and the server went silent: nothing is sent to it, whatever it sends is
-        ignored, and it is not dropped for silence. For testing clients' keepalive.
+    # -- faults, for tests (machinery in `room.devserver.faults`) ------------------------
+
+    async def simulate_partition(self, room: str, identity: str,
+                                 duration: float | None = None) -> None:
+        """Stop talking to ``identity`` over signalling without closing its connection,
+        as if the network between it and the server went silent: nothing is sent to it,
+        whatever it sends is ignored (pings included), and it is not dropped for that.
+        For ``duration`` seconds, or for good if None. For testing clients' keepalive.
         Raises LookupError if absent."""
-        self._session(self._room(room), identity).partitioned = True
+        session = self._session(self._room(room), identity)
+        session.partitioned_until = (float("inf") if duration is None
+                                     else time.monotonic() + max(0.0, duration))
+
+    async def cut_signal(self, room: str, identity: str) -> None:
+        """Drop ``identity``'s signalling WebSocket at once, with no ``leave`` and no close
+        frame, as a network fault would. Its peer connections stay up, so it stays in the
+        room and may resume; nothing happens if it has no signalling connection just now.
+        Raises LookupError if absent."""
+        session = self._session(self._room(room), identity)
+        if session.ws is not None:
+            await session.ws.abort()
+
+    async def drop_udp(self, room: str, identity: str, duration: float) -> None:
+        """Drop every UDP datagram to and from ``identity``'s peer connections for
+        ``duration`` seconds (returns at once). The client's ICE consent checks go
+        unanswered; after 15 s of silence the server treats its connections as failed,
+        as livekit-server does (``leave`` with RESUME, signalling closed, removal 5 s
+        later unless it resumes). Raises LookupError if absent."""
+        if not 0 <= duration < float("inf"):
+            raise ValueError("duration must be a non-negative number of seconds")
+        session = self._session(self._room(room), identity)
+        if session.rtc is not None:
+            await session.rtc.block_udp(duration)
+
+    async def send_leave(self, room: str, identity: str, action: rtc.LeaveRequest.Action,
+                         *, reason: models.DisconnectReason | None = None) -> None:
+        """Send ``identity`` a ``leave`` with ``action``, and act as livekit-server does
+        when it sends one (fields by the client's protocol: see `faults.leave_request`):
+
+        - DISCONNECT (default reason SERVER_SHUTDOWN): the participant is removed;
+        - RESUME (default CONNECTION_TIMEOUT): its signalling is closed; it stays, and is
+          removed 5 s later unless it resumes (what a peer connection failure does);
+        - RECONNECT (default STATE_MISMATCH): it is removed, and expected to join again.
+
+        Raises LookupError if absent."""
+        r = self._room(room)
+        session = self._session(r, identity)
+        if action == Action.RESUME:
+            faults.ask_to_resume(session, models.DisconnectReason.CONNECTION_TIMEOUT
+                                 if reason is None else reason)
+        elif action == Action.RECONNECT:
+            faults.ask_to_reconnect(r, session, models.DisconnectReason.STATE_MISMATCH
+                                    if reason is None else reason)
+        elif action == Action.DISCONNECT:
+            r.leave(session, models.DisconnectReason.SERVER_SHUTDOWN if reason is None
+                    else reason, notify_self=True)
+        else:
+            raise ValueError(f"unknown leave action {action!r}")
+        self._forget_if_empty(r)
+
+    async def restart(self, *, downtime: float = 0.0) -> None:
+        """Stop as a crashed server would, then serve again on the same port: every
+        connection is dropped without a word (no ``leave``, no close frame, no UDP), the
+        port refuses connections for ``downtime`` seconds, and the new server knows no
+        room and no participant, so clients must join again (a resume is answered with a
+        ``leave``, RECONNECT). Returns once the server accepts connections again."""
+        if self._tg is None or self._serving is None or self._listener is None:
+            raise RuntimeError("the server is not running (use `async with DevServer()`)")
+        if not 0 <= downtime < float("inf"):
+            raise ValueError("downtime must be a non-negative number of seconds")
+        everyone = [s for r in self._rooms.values() for s in r.sessions.values()]
+        for session in everyone:
+            if session.rtc is not None:
+                await session.rtc.block_udp(float("inf"))
+            if session.ws is not None:
+                await session.ws.abort()
+        self._serving.cancel()
+        await self._served.wait()
+        await self._listener.aclose()
+        self._rooms.clear()
+        self._service = RoomService(self._rooms, self._keys,
+                                    presence_interval=self.presence_interval)
+        await anyio.sleep(downtime)
+        self._listener = await anyio.create_tcp_listener(
+            local_host=self.host, local_port=self.port, reuse_port=False)
+        await self._tg.start(self._serve)
 
     def _room(self, name: str) -> DevRoom:
         r = self._rooms.get(name)
@@ -216,14 +309,33 @@ class DevServer:
     async def _serve(self, *, task_status: TaskStatus[None]) -> None:
         """Own the listener's loop, the presence loop and every connection, under one
         cancel scope of their own (`shutdown` cancels it; the ``async with`` block that
-        started the server is outside it and goes on)."""
-        with anyio.CancelScope() as self._serving:
-            async with anyio.create_task_group() as tg:
-                self._connections = tg
-                tg.start_soon(self._accept_loop)
-                if self.presence_interval:
-                    tg.start_soon(self._presence_loop)
-                task_status.started()
+        started the server is outside it and goes on).
+
+        That scope is shielded: when the server is cancelled from outside, its connections
+        are not cut before anyone is told. `_guard`, outside the shield, sees the
+        cancellation first and runs `shutdown` (a ``leave`` to everyone, then the scope
+        is cancelled); the cancellation then goes on as usual."""
+        self._served = served = anyio.Event()
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._guard)
+                with anyio.CancelScope(shield=True) as self._serving:
+                    async with anyio.create_task_group() as tg:
+                        self._connections = tg
+                        tg.start_soon(self._accept_loop)
+                        if self.presence_interval:
+                            tg.start_soon(self._presence_loop)
+                        task_status.started()
+                outer.cancel_scope.cancel()  # served to the end: the guard has no job
+        finally:
+            served.set()
+
+    async def _guard(self) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.shutdown()
 
     async def _presence_loop(self) -> None:
         """Announce queued presence updates, every ``presence_interval`` seconds."""
@@ -273,33 +385,109 @@ class DevServer:
 
     async def _on_websocket(self, request: HttpRequest, ws: WebSocket) -> None:
         grants = self._authorize(request)  # checked in _on_request already
-        session = Session(grants, _int(request.query.get("protocol")),
-                          _int(request.query.get("client_protocol")))
-        session.ws = ws
+        protocol = _int(request.query.get("protocol"))
+        if request.query.get("reconnect") in ("1", "true"):  # livekit-server's booleans
+            await self._resume(grants, protocol, ws)
+            return
+        session = Session(grants, protocol, _int(request.query.get("client_protocol")))
         room = self._service.room_for_join(grants.room)
         session.rtc = SessionRtc(
-            identity=grants.identity, host_addresses=server_host_addresses(self.host),
+            identity=grants.identity, host_addresses=self._ice_hosts,
             send=session.send, subscriber_primary=session.subscriber_primary,
             on_packet=lambda label, data: self._relay(room, session, label, data))
+        outbox = session.attach(ws)
         session.send(rtc.SignalResponse(join=self._join_response(room, session)))
         room.join(session)
         _log.info("dev server: %s joined %s", grants.identity, grants.room)
+        assert self._connections is not None
+        self._connections.start_soon(self._live, session, room,
+                                     name=f"room.devserver session {grants.identity}")
+        await self._signal(session, room, ws, outbox)
+
+    async def _resume(self, grants: Grants, protocol: int, ws: WebSocket) -> None:
+        """``reconnect=1``: attach ``ws`` to the session of that identity, as
+        livekit-server resumes one (pkg/service/roommanager.go StartSession, pkg/rtc/
+        room.go ResumeParticipant): by identity (the ``sid`` is not checked), answered
+        with ``reconnect``, then who left since its last request, everyone's current
+        info, the room, and a new offer of its subscriber connection. With no such
+        session: a ``leave`` (RECONNECT, STATE_MISMATCH), and the connection closes."""
+        room = self._service.room_for_resume(grants.room)
+        session = room.sessions.get(grants.identity)
+        if session is None or session.closed.is_set() or session.rtc is None:
+            leave = faults.leave_request(protocol, Action.RECONNECT,
+                                         models.DisconnectReason.STATE_MISMATCH)
+            assert leave is not None
+            await ws.send(rtc.SignalResponse(leave=leave).SerializeToString())
+            await ws.close()
+            _log.info("dev server: %s cannot resume in %s (no such session)",
+                      grants.identity, grants.room)
+            return
+        last_request = session.last_signal_at
+        outbox = session.attach(ws)
+        session.last_signal_at = time.monotonic()
+        session.failed_until = None  # the removal a failure scheduled is off
+        session.send(rtc.SignalResponse(reconnect=rtc.ReconnectResponse(
+            server_info=self._server_info(),
+            last_message_seq=session.last_reliable_sequence)))
+        if session.protocol > 8:
+            departed = session.departed_since(last_request)
+            if departed:
+                session.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(
+                    participants=departed)))
+        session.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[
+            s.info for s in room.sessions.values() if not s.hidden or s is session])))
+        session.send(rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room.model)))
+        session.rtc.restart_ice()
+        _log.info("dev server: %s resumed in %s", grants.identity, grants.room)
+        await self._signal(session, room, ws, outbox)
+
+    async def _live(self, session: Session, room: DevRoom) -> None:
+        """The session's life, apart from any one signalling connection: its peer
+        connections and watchdogs, until it is closed; then it leaves the room."""
+        assert session.rtc is not None
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._reader, session, room, ws)
-                tg.start_soon(self._join_watchdog, session, room)
                 tg.start_soon(session.rtc.run)
-                # The writer ends once the session is closed and its outbox drained (so a
-                # final LeaveRequest is delivered), then closes the socket.
-                await self._writer(session, ws)
+                tg.start_soon(self._join_watchdog, session, room)
+                tg.start_soon(self._transport_watchdog, session, room)
+                await session.closed.wait()
                 tg.cancel_scope.cancel()
         finally:
             room.leave(session, session.close_reason or models.DisconnectReason.SIGNAL_CLOSE)
             self._forget_if_empty(room)
-            session.inbox.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 await session.rtc.close()
-            _log.info("dev server: %s left %s", grants.identity, grants.room)
+            _log.info("dev server: %s left %s", session.identity, room.name)
+
+    async def _signal(self, session: Session, room: DevRoom, ws: WebSocket,
+                      outbox: MemoryObjectReceiveStream[rtc.SignalResponse | None]) -> None:
+        """Serve one signalling connection of ``session`` until either ends. If it drops
+        while it is still the session's (no ``leave``, not replaced by a resume), the
+        session stays in the room as long as its peer connections have connected, as on
+        livekit-server (HandleSignalSourceClose); else it is closed (SIGNAL_CLOSE)."""
+        try:
+            async with anyio.create_task_group() as tg:
+                async def read() -> None:
+                    await self._reader(session, room, ws)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(read)
+                # The writer ends once the session is closed, or the connection replaced
+                # or ended, and what was queued is written (a final LeaveRequest too);
+                # then it closes the socket.
+                await self._writer(ws, outbox)
+                tg.cancel_scope.cancel()
+        finally:
+            outbox.close()
+            if session.detach(ws) and not session.closed.is_set():
+                assert session.rtc is not None
+                if session.rtc.connected.is_set():
+                    _log.info("dev server: %s lost its signalling connection; it stays "
+                              "while its peer connections live", session.identity)
+                else:
+                    session.close(models.DisconnectReason.SIGNAL_CLOSE)
+            with anyio.CancelScope(shield=True):
+                await ws.abort()
 
     def _relay(self, room: DevRoom, sender: Session, label: str, data: bytes) -> None:
         """Stamp a packet from ``sender`` and deliver it (or drop it), by livekit-server's
@@ -376,15 +564,19 @@ class DevServer:
             if target.rtc is not None:
                 target.rtc.forward(label, out)
 
+    @staticmethod
+    def _server_info() -> models.ServerInfo:
+        return models.ServerInfo(
+            edition=models.ServerInfo.Edition.Standard, version=SERVER_VERSION,
+            protocol=_PROTOCOL, region="local", node_id=DEVSERVER_NODE_ID)
+
     def _join_response(self, room: DevRoom, session: Session) -> rtc.JoinResponse:
         return rtc.JoinResponse(
             room=room.model,
             participant=session.info,
             other_participants=room.visible_infos(viewer=session),
             server_version=SERVER_VERSION,
-            server_info=models.ServerInfo(
-                edition=models.ServerInfo.Edition.Standard, version=SERVER_VERSION,
-                protocol=_PROTOCOL, region="local", node_id=DEVSERVER_NODE_ID),
+            server_info=self._server_info(),
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
             subscriber_primary=session.subscriber_primary,
@@ -394,10 +586,10 @@ class DevServer:
         while True:
             data = await ws.receive()
             if data is None:
-                session.close(models.DisconnectReason.SIGNAL_CLOSE)
                 return
             if session.partitioned:
                 continue
+            session.last_signal_at = time.monotonic()
             if isinstance(data, str):
                 _log.warning("dev server: %s sent a text frame; ignored", session.identity)
                 continue
@@ -429,15 +621,72 @@ class DevServer:
             session.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
                 request_id=upd.request_id, reason=reason, message=message,
                 update_metadata=upd)))
+        elif which == "sync_state":
+            # livekit-server (room.go onSyncState) checks the tracks the client says it
+            # publishes: one it does not know means a full reconnect. We have no tracks,
+            # so any is unknown. ``datachannel_receive_states`` are not used on a resume
+            # (only when a session migrates between nodes); nothing is re-sent.
+            state = req.sync_state
+            if state.publish_tracks or state.publish_data_tracks:
+                _log.info("dev server: %s resumed with tracks we do not know; asking it "
+                          "to reconnect", session.identity)
+                faults.ask_to_reconnect(room, session, models.DisconnectReason.STATE_MISMATCH)
+                self._forget_if_empty(room)
+        elif which == "simulate":
+            self._simulate(session, room, req.simulate)
         else:
             _log.debug("dev server: %s sent %s; not supported yet", session.identity, which)
 
-    async def _writer(self, session: Session, ws: WebSocket) -> None:
-        async for msg in session.inbox:
+    def _simulate(self, session: Session, room: DevRoom, scenario: rtc.SimulateScenario
+                  ) -> None:
+        """The client asks for a fault (livekit-server's SimulateScenario, which official
+        SDKs use in their tests); the two that end a session are honoured as
+        livekit-server honours them, the others ignored."""
+        which = scenario.WhichOneof("scenario")
+        if which == "server_leave":  # a leave (DISCONNECT), then removal
+            room.leave(session, models.DisconnectReason.SERVER_SHUTDOWN, notify_self=True)
+        elif which == "node_failure":  # removal without a word
+            room.leave(session, models.DisconnectReason.SERVER_SHUTDOWN)
+        else:
+            _log.debug("dev server: %s asked to simulate %s; ignored", session.identity, which)
+            return
+        self._forget_if_empty(room)
+
+    async def _writer(self, ws: WebSocket,
+                      outbox: MemoryObjectReceiveStream[rtc.SignalResponse | None]) -> None:
+        async for msg in outbox:
             if msg is None or not await ws.send(msg.SerializeToString()):
                 break
-        session.close(session.close_reason or models.DisconnectReason.SIGNAL_CLOSE)
         await ws.close()  # which also ends the reader
+
+    async def _transport_watchdog(self, session: Session, room: DevRoom) -> None:
+        """Fail a session's peer connections as livekit-server does (see
+        `room.devserver.faults`): after `faults.SILENCE_FAILED` seconds without a
+        datagram from the client on a connection that had connected, or without an
+        answer to the subscriber offer a resume sent, the client is asked to resume and
+        removed `faults.CLEANUP_AFTER_FAILURE` seconds later if it does not."""
+        assert session.rtc is not None
+        while True:
+            await anyio.sleep(_WATCH_INTERVAL)
+            now = time.monotonic()
+            if session.failed_until is not None:
+                if now >= session.failed_until:
+                    _log.info("dev server: %s did not come back; removing it",
+                              session.identity)
+                    room.leave(session, models.DisconnectReason.CONNECTION_TIMEOUT,
+                               notify_self=True)
+                    self._forget_if_empty(room)
+                    return
+                continue
+            gates = await session.rtc.watch_udp()
+            silent = any(now - gate.last_received >= faults.SILENCE_FAILED for gate in gates)
+            pending = session.rtc.reoffer_pending_since
+            if silent or (pending is not None and now - pending >= faults.SILENCE_FAILED):
+                _log.info("dev server: %s's peer connection failed (%s); asking it to "
+                          "resume", session.identity,
+                          "silent" if silent else "re-offer not answered")
+                session.rtc.reoffer_pending_since = None
+                faults.ask_to_resume(session)
 
     async def _join_watchdog(self, session: Session, room: DevRoom) -> None:
         """Remove a participant whose WebRTC never connects within ``join_timeout``

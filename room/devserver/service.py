@@ -160,6 +160,17 @@ class RoomService:
         self._idle.pop(name, None)
         return room
 
+    def room_for_resume(self, name: str) -> DevRoom:
+        """The room a participant resuming in ``name`` would find. livekit-server makes
+        the room if there is none (the resume then fails for want of the participant),
+        and such a room, never joined, lives for its ``empty_timeout`` like one made by
+        ``CreateRoom``."""
+        room = self._live(name)
+        if room is None:
+            room = self._rooms[name] = DevRoom(name, presence_interval=self._presence_interval)
+            self._idle[name] = (room, time.monotonic(), room.model.empty_timeout)
+        return room
+
     def room_emptied(self, room: DevRoom) -> None:
         """Note that ``room`` may have lost its last participant: if so, it stays for its
         ``departure_timeout``."""

@@ -12,22 +12,32 @@ latency a packet sees, which is what bounds SCTP throughput here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from livekit.protocol import rtc
 
+from room.devserver.faults import UdpGate
 from room.transport.aio import aiortc_loop, call_soon_in_caller
-from room.transport.ice import candidate_to_json, sdp_candidates
+from room.transport.ice import candidate_to_json, sdp_candidates, use_host_addresses
 from room.transport.peer import Peer
 
 __all__ = ["SessionRtc"]
 
 _log = logging.getLogger(__name__)
+
+
+class _ReOffer:
+    """Queued among the client's negotiation messages: offer the subscriber again."""
+
+
+_REOFFER = _ReOffer()
 
 
 class SessionRtc:
@@ -46,14 +56,19 @@ class SessionRtc:
         self._loop = aiortc_loop()
         self.publisher: Peer | None = None
         self.subscriber: Peer | None = None
-        self._inbox: MemoryObjectSendStream[rtc.SignalRequest]
-        self._requests: MemoryObjectReceiveStream[rtc.SignalRequest]
-        self._inbox, self._requests = anyio.create_memory_object_stream[rtc.SignalRequest](
-            math.inf)
+        self._inbox: MemoryObjectSendStream[rtc.SignalRequest | _ReOffer]
+        self._requests: MemoryObjectReceiveStream[rtc.SignalRequest | _ReOffer]
+        self._inbox, self._requests = anyio.create_memory_object_stream[
+            rtc.SignalRequest | _ReOffer](math.inf)
         self._sdp_id = 0
         self._early: list[tuple[str, bytes]] = []  # relayed before our subscriber existed
         self.connected = anyio.Event()  # set once either connection has connected
         self._delivery: Peer | None = None  # where packets for the client go (aiortc loop)
+        # Each connection's UDP watch (`room.devserver.faults`), by peer name.
+        self.gates = {"publisher": UdpGate(), "subscriber": UdpGate()}
+        # Since when (monotonic) a re-offer of the subscriber connection has waited for
+        # the client's answer, if one is pending.
+        self.reoffer_pending_since: float | None = None
 
     def post(self, req: rtc.SignalRequest) -> None:
         """Queue an ``offer``, ``answer`` or ``trickle`` from the client (never blocks)."""
@@ -73,7 +88,8 @@ class SessionRtc:
                         on_data=self._on_packet, on_state=on_state)
 
         if self._subscriber_primary:
-            subscriber = self.subscriber = await self._loop.run(make, "subscriber")
+            subscriber = self.subscriber = await self._loop.run(
+                make, "subscriber", on_orphan=Peer.close)
             self._loop.call_soon(self._deliver_on, subscriber)
             sdp = await self._loop.run(subscriber.offer_with_channels)
             self._describe("offer", sdp, rtc.SignalTarget.SUBSCRIBER)
@@ -83,12 +99,60 @@ class SessionRtc:
             except Exception:
                 _log.exception("dev server: WebRTC negotiation with %s failed", self._identity)
 
-    async def _handle(self, req: rtc.SignalRequest,
+    def restart_ice(self) -> None:
+        """Offer the subscriber connection again, as livekit-server does to restart ICE
+        when a client resumes. aiortc cannot restart ICE: the offer keeps the
+        connection's credentials, and the client answers it like any re-offer."""
+        now = time.monotonic()
+        for gate in self.gates.values():  # a restarted ICE agent starts a fresh watch
+            if gate.last_received:
+                gate.last_received = now
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._inbox.send_nowait(_REOFFER)
+
+    async def watch_udp(self) -> list[UdpGate]:
+        """The UDP gates of the connections that have connected, installed on their
+        sockets; a gate's silence clock starts when its connection is first seen
+        connected, and runs on whatever becomes of the connection (closed by the
+        client, failed: silent all the same)."""
+        await self._install_gates()
+        now = time.monotonic()
+        for name, peer in (("publisher", self.publisher), ("subscriber", self.subscriber)):
+            gate = self.gates[name]
+            if peer is not None and not gate.last_received and (
+                    peer.pc.connectionState == "connected"):
+                gate.last_received = now
+        return [gate for gate in self.gates.values() if gate.last_received]
+
+    async def block_udp(self, seconds: float) -> None:
+        """Drop the connections' UDP both ways for ``seconds`` from now."""
+        for gate in self.gates.values():
+            gate.block(seconds)
+        await self._install_gates()
+
+    async def _install_gates(self) -> None:
+        todo = [(self.gates[name], peer) for name, peer in (
+            ("publisher", self.publisher), ("subscriber", self.subscriber))
+            if peer is not None and peer.pc.iceGatheringState == "complete"
+            and not self.gates[name].covers(peer.pc)]
+        if todo:
+            async def install() -> None:
+                for gate, peer in todo:
+                    gate.install(peer.pc)
+            await self._loop.run(install)
+
+    async def _handle(self, req: rtc.SignalRequest | _ReOffer,
                       make: Callable[[str], object]) -> None:
+        if isinstance(req, _ReOffer):
+            if self.subscriber is not None:
+                sdp = await self._loop.run(self._reoffer, self.subscriber)
+                self.reoffer_pending_since = time.monotonic()
+                self._describe("offer", sdp, rtc.SignalTarget.SUBSCRIBER)
+            return
         which = req.WhichOneof("message")
         if which == "offer":
             if self.publisher is None:
-                self.publisher = await self._loop.run(make, "publisher")  # type: ignore[arg-type]
+                self.publisher = await self._loop.run(make, "publisher", on_orphan=Peer.close)  # type: ignore[arg-type]
                 assert self.publisher is not None
                 if not self._subscriber_primary:
                     # No subscriber connection: others' data goes out on the client's own
@@ -99,11 +163,17 @@ class SessionRtc:
             self._describe("answer", sdp, rtc.SignalTarget.PUBLISHER, req.offer.id)
         elif which == "answer" and self.subscriber is not None:
             await self._loop.run(self.subscriber.accept_answer, req.answer.sdp)
+            self.reoffer_pending_since = None
         elif which == "trickle":
             peer = (self.subscriber if req.trickle.target == rtc.SignalTarget.SUBSCRIBER
                     else self.publisher)
             if peer is not None:
                 await self._loop.run(peer.add_candidate, req.trickle.candidateInit)
+
+    async def _reoffer(self, peer: Peer) -> str:
+        with use_host_addresses(self._hosts):
+            await peer.pc.setLocalDescription(await peer.pc.createOffer())
+        return str(peer.pc.localDescription.sdp)
 
     def _deliver_on(self, peer: Peer) -> None:
         """From now on, deliver packets to the client on ``peer`` (aiortc loop)."""
@@ -127,9 +197,10 @@ class SessionRtc:
     async def close(self) -> None:
         self._inbox.close()
         self._requests.close()
-        for peer in (self.publisher, self.subscriber):
-            if peer is not None:
-                await self._loop.run(peer.close)
+        peers = [peer for peer in (self.publisher, self.subscriber) if peer is not None]
+        if peers:
+            # Both are closed even if the caller stops waiting (a teardown's time limit).
+            await self._loop.run_detached(_close_peers, peers)
 
     def _describe(self, kind: str, sdp: str, target: rtc.SignalTarget,
                   sdp_id: int | None = None) -> None:
@@ -142,3 +213,11 @@ class SessionRtc:
             self._send(rtc.SignalResponse(trickle=rtc.TrickleRequest(
                 candidateInit=candidate_to_json(candidate), target=target)))
 
+
+
+async def _close_peers(peers: list[Peer]) -> None:
+    """Close ``peers`` together, on the aiortc loop; a failure is logged, not raised."""
+    results = await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
+    for peer, result in zip(peers, results, strict=True):
+        if isinstance(result, BaseException):
+            _log.warning("error while closing the %s connection", peer.name, exc_info=result)

@@ -15,11 +15,11 @@ import contextvars
 import ipaddress
 import json
 import logging
-import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import aioice.ice
+import anyio
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 
@@ -29,6 +29,7 @@ __all__ = [
     "client_host_addresses",
     "candidate_to_json",
     "host_addresses_for",
+    "resolve_host",
     "sdp_candidates",
     "server_host_addresses",
     "use_host_addresses",
@@ -68,20 +69,40 @@ def use_host_addresses(addresses: Sequence[str] | None) -> Iterator[None]:
 
 def host_addresses_for(host: str) -> tuple[str, ...] | None:
     """Where a client should gather host candidates to reach a server at ``host``:
-    loopback only when ``host`` is a loopback name or address, else None (every
-    non-loopback interface, aioice's default)."""
+    loopback only when ``host`` is a loopback address or ``localhost``, else None (every
+    non-loopback interface, aioice's default).
+
+    Any other host name counts as not loopback: it is not resolved here, since resolving
+    blocks (this runs on an event loop). Resolve it first, without blocking, with
+    `resolve_host`."""
     if not host:
         return None
-    if host == "localhost":
+    if host.lower().rstrip(".") == "localhost":
         return ("127.0.0.1",)
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        try:
-            ip = ipaddress.ip_address(socket.gethostbyname(host))
-        except OSError:
-            return None
+        return None
     return (str(ip),) if ip.is_loopback else None
+
+
+async def resolve_host(host: str) -> str:
+    """The first IP address ``host`` resolves to, looked up without blocking the event
+    loop; ``host`` itself when it is already an IP address (or empty) or cannot be
+    resolved."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return host
+    if not host:
+        return host
+    try:
+        infos = await anyio.getaddrinfo(host, None)
+    except OSError:
+        return host
+    return str(infos[0][4][0]) if infos else host
 
 
 def client_host_addresses(
@@ -90,7 +111,10 @@ def client_host_addresses(
     """Where a client gathers host candidates: ``configured`` when given; loopback only
     for `room`'s dev server reached over loopback; else None (every non-loopback
     interface, like libwebrtc), whatever the URL, since a real server never offers
-    loopback candidates."""
+    loopback candidates.
+
+    ``url_host`` is an IP address, ``localhost``, or a name already resolved to one
+    (`resolve_host`); an unresolved name never blocks here (see `host_addresses_for`)."""
     if configured is not None:
         return tuple(configured)
     if server_node_id == DEVSERVER_NODE_ID:
@@ -99,7 +123,9 @@ def client_host_addresses(
 
 
 def server_host_addresses(bind_host: str) -> tuple[str, ...] | None:
-    """Where a server bound to ``bind_host`` gathers: that address, or every interface."""
+    """Where a server bound to ``bind_host`` gathers: that address, or every interface.
+    A host name other than ``localhost`` is not resolved (`host_addresses_for`): pass
+    the address it resolves to (`resolve_host`)."""
     try:
         ip = ipaddress.ip_address(bind_host.strip("[]"))
     except ValueError:

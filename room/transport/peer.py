@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiortc import (
     RTCConfiguration,
@@ -22,6 +23,7 @@ from aiortc import (
 )
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
+from room.transport.aio import report_handler_errors, uncancellable
 from room.transport.ice import candidate_from_json, use_host_addresses
 
 __all__ = ["HIGH_WATER", "LOSSY", "LOW_WATER", "RELIABLE", "Peer"]
@@ -68,6 +70,7 @@ class Peer:
                                 else RTCIceTransportPolicy.ALL)))
         self.pc.on("datachannel", self._adopt)
         self.pc.on("connectionstatechange", self._state_changed)
+        report_handler_errors(self.pc, name, _log)
 
     # -- negotiation -------------------------------------------------------------------
 
@@ -88,6 +91,7 @@ class Peer:
         auto_subscribe."""
         with use_host_addresses(self._host_addresses):
             await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            self._follow_ice_restart(offer_sdp)
             for transceiver in self.pc.getTransceivers():
                 if transceiver.kind in ("audio", "video") and (
                         transceiver.direction != "inactive"):
@@ -96,6 +100,47 @@ class Peer:
                     transceiver.direction = "inactive"
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription.sdp
+
+    def _follow_ice_restart(self, sdp: str) -> None:
+        """Take the new ICE credentials of a re-offer that restarts ICE (LiveKit servers
+        restart the subscriber connection's ICE whenever a client resumes).
+
+        aiortc cannot restart ICE itself, and keeps checking the peer with the old
+        credentials, which the restarted peer refuses: the connection would die. Our own
+        credentials and candidates stay as they are; the peer's connectivity checks,
+        answered with them, re-establish the pair, and our consent checks use the peer's
+        new credentials."""
+        ufrag = password = None
+        for line in sdp.splitlines():
+            if line.startswith("a=ice-ufrag:") and ufrag is None:
+                ufrag = line[len("a=ice-ufrag:"):].strip()
+            elif line.startswith("a=ice-pwd:") and password is None:
+                password = line[len("a=ice-pwd:"):].strip()
+        if not ufrag or not password:
+            return
+        for connection in self._ice_connections():
+            if connection.remote_username not in (None, ufrag):
+                _log.info("%s: the peer restarted ICE; following its new credentials",
+                          self.name)
+                connection.remote_username = ufrag
+                connection.remote_password = password
+
+    def _ice_connections(self) -> list[Any]:
+        """The aioice connections under this peer connection (one with BUNDLE)."""
+        transports = [t.receiver.transport.transport for t in self.pc.getTransceivers()]
+        if self.pc.sctp is not None:
+            transports.append(self.pc.sctp.transport.transport)
+        seen: list[Any] = []
+        for ice in transports:
+            connection = getattr(ice, "_connection", None)
+            if connection is not None and all(connection is not c for c in seen):
+                seen.append(connection)
+        return seen
+
+    def channel_infos(self, target: int) -> list[tuple[str, int, int]]:
+        """(label, id, target) of our LiveKit channels, for a resume's ``SyncState``."""
+        return [(label, ch.id, target) for label, ch in self._channels.items()
+                if ch.id is not None]
 
     async def accept_answer(self, answer_sdp: str) -> None:
         with use_host_addresses(self._host_addresses):
@@ -176,6 +221,7 @@ class Peer:
         waiting.append(data)
         return True
 
+    @uncancellable  # a close cut short would leave sockets and transports open
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -205,6 +251,7 @@ class Peer:
         ch.on("message", message)
         ch.on("bufferedamountlow", self._low.set)
         ch.on("close", self._low.set)
+        report_handler_errors(ch, f"{self.name} {label}", _log)
         if ch.readyState == "open":
             opened()
 

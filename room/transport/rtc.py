@@ -10,6 +10,7 @@ added as they come. The peers themselves live on the aiortc loop (`room.transpor
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -62,6 +63,33 @@ class RtcTransport:
         self._inbox, self._messages = anyio.create_memory_object_stream[rtc.SignalResponse](
             math.inf)
         self._sdp_id = 0
+        self._closing = False
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the connections we need are up: the publisher one, and the subscriber
+        one when it is primary. (A snapshot of the aiortc side's state.)"""
+        peers = [self._publisher] + ([self._subscriber] if self._subscriber_primary else [])
+        return all(p is not None and p.pc.connectionState == "connected" for p in peers)
+
+    def sync_state(self, receive_states: list[rtc.DataChannelReceiveState]
+                   ) -> rtc.SyncState:
+        """What a resume tells the server about these connections (``SyncState``)."""
+        state = rtc.SyncState(datachannel_receive_states=receive_states)
+        pub, sub = self._publisher, self._subscriber
+        if pub is not None and pub.pc.localDescription is not None:
+            state.offer.CopyFrom(rtc.SessionDescription(
+                type="offer", sdp=pub.pc.localDescription.sdp, id=self._sdp_id))
+        if sub is not None and sub.pc.localDescription is not None:
+            state.answer.CopyFrom(rtc.SessionDescription(
+                type="answer", sdp=sub.pc.localDescription.sdp))
+        state.subscription.CopyFrom(rtc.UpdateSubscription(subscribe=True))
+        for peer, target in ((pub, _PUBLISHER), (sub, _SUBSCRIBER)):
+            if peer is not None:
+                state.data_channels.extend(
+                    rtc.DataChannelInfo(label=label, id=ch_id, target=t)  # type: ignore[arg-type]
+                    for label, ch_id, t in peer.channel_infos(target))
+        return state
 
     async def start(self) -> None:
         """Create both peers and offer the publisher connection."""
@@ -72,8 +100,9 @@ class RtcTransport:
 
         def on_state(which: str) -> Callable[[str], None]:
             def changed(state: str) -> None:
-                if state == "failed":
-                    soon(lambda: self._on_failure(f"{which} peer connection failed"))
+                # "closed" without our asking: aioice gave up (consent to send expired).
+                if state == "failed" or (state == "closed" and not self._closing):
+                    soon(lambda: self._on_failure(f"{which} peer connection {state}"))
             return changed
 
         async def make(name: str) -> Peer:
@@ -81,8 +110,8 @@ class RtcTransport:
                         host_addresses=self._host_addresses, on_data=on_data,
                         on_state=on_state(name), relay_only=self._relay_only)
 
-        self._publisher = await self._loop.run(make, "publisher")
-        self._subscriber = await self._loop.run(make, "subscriber")
+        self._publisher = await self._loop.run(make, "publisher", on_orphan=Peer.close)
+        self._subscriber = await self._loop.run(make, "subscriber", on_orphan=Peer.close)
         self._subscriber_ready.set()
         sdp = await self._loop.run(self._publisher.offer_with_channels)
         await self._send_description("offer", sdp, _PUBLISHER)
@@ -137,11 +166,13 @@ class RtcTransport:
         self._loop.call_soon(pub.deliver, label, data)
 
     async def close(self) -> None:
+        self._closing = True
         self._inbox.close()
         self._messages.close()
-        for peer in (self._publisher, self._subscriber):
-            if peer is not None:
-                await self._loop.run(peer.close)
+        peers = [peer for peer in (self._publisher, self._subscriber) if peer is not None]
+        if peers:
+            # Both are closed even if the caller stops waiting (a teardown's time limit).
+            await self._loop.run_detached(_close_peers, peers)
 
     async def _send_description(self, kind: str, sdp: str, target: rtc.SignalTarget,
                                 sdp_id: int | None = None) -> None:
@@ -156,3 +187,11 @@ class RtcTransport:
             await self._send_signal(rtc.SignalRequest(trickle=rtc.TrickleRequest(
                 candidateInit=candidate_to_json(candidate), target=target,
                 final=i == len(candidates) - 1)))
+
+
+async def _close_peers(peers: list[Peer]) -> None:
+    """Close ``peers`` together, on the aiortc loop; a failure is logged, not raised."""
+    results = await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
+    for peer, result in zip(peers, results, strict=True):
+        if isinstance(result, BaseException):
+            _log.warning("error while closing the %s connection", peer.name, exc_info=result)

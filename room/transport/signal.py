@@ -28,7 +28,8 @@ from room.errors import ConnectError
 from room.transport.url import signal_url, validate_url
 from room.types import DisconnectReason
 
-__all__ = ["SignalClosed", "SignalConnection", "connect_signal"]
+__all__ = ["ResumeRefused", "SignalClosed", "SignalConnection", "connect_signal",
+           "resume_signal"]
 
 _log = logging.getLogger(__name__)
 
@@ -79,6 +80,15 @@ class SignalConnection:
             _log.debug("error while closing the signal connection", exc_info=True)
 
 
+class ResumeRefused(Exception):
+    """The server will not resume that session (it sent ``leave`` instead of
+    ``reconnect``): only a full rejoin can go on."""
+
+    def __init__(self, leave: rtc.LeaveRequest) -> None:
+        super().__init__(f"resume refused ({DisconnectReason.from_wire(leave.reason).name})")
+        self.leave = leave
+
+
 async def connect_signal(
     stack: AsyncExitStack, url: str, token: str, params: dict[str, str]
 ) -> tuple[SignalConnection, rtc.JoinResponse]:
@@ -87,6 +97,38 @@ async def connect_signal(
     Raises `ConnectError` saying why the server refused or could not be reached. Bound it
     with a cancel scope: it waits for the server as long as it is allowed to.
     """
+    conn, first, where = await _open(stack, url, token, params, "join response")
+    which = first.WhichOneof("message")
+    if which == "leave":
+        reason = DisconnectReason.from_wire(first.leave.reason)
+        raise ConnectError(f"{where} refused the join ({reason.name})")
+    if which != "join":
+        raise ConnectError(f"{where} sent {which!r} before the join response")
+    return conn, first.join
+
+
+async def resume_signal(
+    stack: AsyncExitStack, url: str, token: str, params: dict[str, str]
+) -> tuple[SignalConnection, rtc.ReconnectResponse]:
+    """Reopen the signal connection for an existing session (``params`` carry
+    ``reconnect=1`` and its ``sid``) and wait for the server's ``reconnect`` answer.
+
+    Raises `ResumeRefused` when the server answers ``leave`` (the session is gone), and
+    `ConnectError` as `connect_signal` does otherwise.
+    """
+    conn, first, where = await _open(stack, url, token, params, "reconnect response")
+    which = first.WhichOneof("message")
+    if which == "leave":
+        raise ResumeRefused(first.leave)
+    if which != "reconnect":
+        raise ConnectError(f"{where} sent {which!r} before the reconnect response")
+    return conn, first.reconnect
+
+
+async def _open(
+    stack: AsyncExitStack, url: str, token: str, params: dict[str, str], awaited: str,
+) -> tuple[SignalConnection, rtc.SignalResponse, str]:
+    """The WebSocket upgrade, then the server's first message."""
     if not isinstance(token, str) or not token:
         raise ConnectError("the access token must be a non-empty str")
     ws_url = signal_url(url, params)
@@ -110,17 +152,11 @@ async def connect_signal(
     try:
         first = await conn.receive()
     except SignalClosed as exc:
-        raise ConnectError(f"{where} closed the connection before the join response: "
+        raise ConnectError(f"{where} closed the connection before the {awaited}: "
                            f"{exc.message}") from None
     if first is None:
-        raise ConnectError(f"{where} sent a malformed join response")
-    which = first.WhichOneof("message")
-    if which == "leave":
-        reason = DisconnectReason.from_wire(first.leave.reason)
-        raise ConnectError(f"{where} refused the join ({reason.name})")
-    if which != "join":
-        raise ConnectError(f"{where} sent {which!r} before the join response")
-    return conn, first.join
+        raise ConnectError(f"{where} sent a malformed {awaited}")
+    return conn, first, where
 
 
 async def _explain_refusal(

@@ -34,7 +34,8 @@ def _base(url: str) -> tuple[str, str, str]:
 
 
 def signal_params(*, auto_subscribe: bool, adaptive_stream: bool = False,
-                  reconnect: bool = False, participant_sid: str = "") -> dict[str, str]:
+                  reconnect: bool = False, participant_sid: str = "",
+                  reconnect_reason: int = 0) -> dict[str, str]:
     """The query parameters an official client sends on ``/rtc``."""
     params = {
         "sdk": "python",
@@ -49,6 +50,7 @@ def signal_params(*, auto_subscribe: bool, adaptive_stream: bool = False,
     if reconnect:
         params["reconnect"] = "1"
         params["sid"] = participant_sid
+        params["reconnect_reason"] = str(reconnect_reason)  # models.ReconnectReason
     return params
 
 
