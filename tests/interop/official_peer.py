@@ -8,11 +8,13 @@ from stdin (commands). Events: ``connected`` (identity, participants),
 ``participant_connected``, ``participant_disconnected``, ``participant_metadata_changed``
 (identity, old, new), ``data_received`` (data_b64, kind reliable|lossy, topic, from),
 ``sip_dtmf_received`` (code, digit, from), ``reconnecting``, ``reconnected``,
-``disconnected`` (reason), ``error`` (message); every command is answered by ``ok`` (id) or
-``failed`` (id, message). Commands (each with an ``id``): ``publish_data`` (data_b64,
-reliable, topic, destinations), ``publish_dtmf`` (code, digit), ``set_metadata``
-(metadata), ``quit``. It leaves the room and exits on ``quit``, on stdin EOF and when the
-room disconnects; a failed connect prints an ``error`` event and exits 1.
+``disconnected`` (reason), ``error`` (message); ``reconnecting``, ``reconnected`` and
+``disconnected`` also carry ``t``, ``time.monotonic()`` when seen (for timing repairs);
+every command is answered by ``ok`` (id) or ``failed`` (id, message). Commands (each
+with an ``id``): ``publish_data`` (data_b64, reliable, topic, destinations),
+``publish_dtmf`` (code, digit), ``set_metadata`` (metadata), ``quit``. It leaves the room
+and exits on ``quit``, on stdin EOF and when the room disconnects; a failed connect prints
+an ``error`` event and exits 1.
 
 Logs go to stderr (``--log-level DEBUG``; with ``LIVEKIT_RTC_DEBUG=1`` the SDK's Rust and
 libwebrtc debug records are included).
@@ -29,6 +31,7 @@ import logging
 import math
 import sys
 import threading
+import time
 from typing import Any
 
 from livekit import rtc
@@ -75,11 +78,11 @@ def _watch(room: rtc.Room, gone: asyncio.Event) -> None:
 
     @room.on("reconnecting")
     def _() -> None:
-        emit("reconnecting")
+        emit("reconnecting", t=time.monotonic())
 
     @room.on("reconnected")
     def _() -> None:
-        emit("reconnected")
+        emit("reconnected", t=time.monotonic())
 
     @room.on("disconnected")
     def _(reason: int) -> None:
@@ -87,7 +90,7 @@ def _watch(room: rtc.Room, gone: asyncio.Event) -> None:
             name = rtc.DisconnectReason.Name(reason)  # type: ignore[arg-type]
         except ValueError:
             name = str(reason)
-        emit("disconnected", reason=name)
+        emit("disconnected", reason=name, t=time.monotonic())
         gone.set()
 
 

@@ -1,9 +1,13 @@
 """The `room` counterpart of official_peer.py: same JSON-lines protocol, our client.
 
     python tests/interop/room_peer.py URL TOKEN [--backend asyncio|trio]
+        [--reconnect-base-delay S] [--reconnect-max-delay S] [--log-level LEVEL]
 
 Events on stdout, commands on stdin, exactly as official_peer.py (see its docstring), so
-one test can drive either side.
+one test can drive either side. ``reconnecting``, ``reconnected`` and ``disconnected``
+carry ``t``: ``time.monotonic()`` when the peer saw them (comparable across processes on
+one machine), for tests that time repairs. ``--reconnect-*`` change the room's
+`room.ReconnectPolicy` (default: room's defaults).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import argparse
 import base64
 import hashlib
 import json
+import logging
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +34,8 @@ from room.events import (
     ParticipantConnected,
     ParticipantDisconnected,
     ParticipantMetadataChanged,
+    Reconnected,
+    Reconnecting,
     SipDTMFReceived,
 )
 
@@ -55,8 +63,12 @@ async def watch(r: room.Room) -> None:
             case SipDTMFReceived(dtmf=d):
                 emit("sip_dtmf_received", code=d.code, digit=d.digit,
                      **{"from": d.participant_identity or None})
+            case Reconnecting():
+                emit("reconnecting", t=time.monotonic())
+            case Reconnected():
+                emit("reconnected", t=time.monotonic())
             case Disconnected(reason=reason):
-                emit("disconnected", reason=reason.name)
+                emit("disconnected", reason=reason.name, t=time.monotonic())
 
 
 async def run_command(r: room.Room, cmd: dict[str, Any]) -> None:
@@ -153,9 +165,9 @@ def rpc_handler(behavior: str) -> room.rpc.RpcHandler:
     return handler
 
 
-async def amain(url: str, token: str) -> int:
+async def amain(url: str, token: str, options: room.RoomOptions | None = None) -> int:
     try:
-        async with room.Room.connect(url, token) as r:
+        async with room.Room.connect(url, token, options=options) as r:
             emit("connected", identity=r.local_participant.identity,
                  participants=sorted(r.remote_participants))
             async with anyio.create_task_group() as tg:
@@ -190,8 +202,24 @@ def main() -> None:
     parser.add_argument("url")
     parser.add_argument("token")
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--reconnect-base-delay", type=float, default=None,
+                        help="ReconnectPolicy.base_delay (seconds; default room's)")
+    parser.add_argument("--reconnect-max-delay", type=float, default=None,
+                        help="ReconnectPolicy.max_delay (seconds; default room's)")
+    parser.add_argument("--log-level", default="WARNING", help="stderr logging level")
     args = parser.parse_args()
-    sys.exit(anyio.run(amain, args.url, args.token, backend=args.backend))
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = None
+    if args.reconnect_base_delay is not None or args.reconnect_max_delay is not None:
+        default = room.ReconnectPolicy()
+        policy = room.ReconnectPolicy(
+            base_delay=(default.base_delay if args.reconnect_base_delay is None
+                        else args.reconnect_base_delay),
+            max_delay=(default.max_delay if args.reconnect_max_delay is None
+                       else args.reconnect_max_delay))
+        options = room.RoomOptions(reconnect=policy)
+    sys.exit(anyio.run(amain, args.url, args.token, options, backend=args.backend))
 
 
 if __name__ == "__main__":
