@@ -29,13 +29,14 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import anyio
 from aiortc import RTCIceServer
+from aiortc.rtcicetransport import parse_stun_turn_uri
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from google.protobuf.message import DecodeError
@@ -263,7 +264,10 @@ class Engine:
             return fault
         with anyio.move_on_after(_LEAVE_GRACE):
             while True:
-                other = await self._faults.receive()
+                try:
+                    other = await self._faults.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    return fault  # the room ended meanwhile: the supervisor stops
                 if other.generation != link.generation or other.kind == "transport":
                     continue  # moot, or the same failure again
                 return other if other.kind == "leave" else fault
@@ -478,6 +482,27 @@ class Engine:
                              task_status: TaskStatus[rtc.SignalResponse]) -> None:
         """Own one signalling connection: open it, then read and ping until retired."""
         generation = next(self._generations)
+        started = False
+
+        def mark_started(first: rtc.SignalResponse) -> None:
+            nonlocal started
+            started = True
+            task_status.started(first)
+
+        try:
+            await self._run_signal(generation, params, resume, mark_started)
+        except Exception as exc:
+            # The WebSocket library's own task failed (an exception group out of its
+            # context): a broken connection, not a broken room.
+            if not started:
+                if isinstance(exc, (ResumeRefused, ConnectError)):
+                    raise
+                raise ConnectError(f"signalling failed: {_describe(exc)}") from None
+            _log.warning("signal connection %d failed: %s", generation, _describe(exc))
+            self._fault("signal", generation, f"signalling failed: {_describe(exc)}")
+
+    async def _run_signal(self, generation: int, params: dict[str, str], resume: bool,
+                          started: Callable[[rtc.SignalResponse], None]) -> None:
         failed: Exception | None = None
         with anyio.CancelScope() as scope:
             async with AsyncExitStack() as stack:
@@ -498,19 +523,19 @@ class Engine:
                     failed = exc
                 else:
                     await self._serve_signal(generation, conn, first, interval, timeout,
-                                             scope, task_status)
+                                             scope, started)
         if failed is not None:
             raise failed
 
     async def _serve_signal(self, generation: int, conn: SignalConnection,
                             first: rtc.SignalResponse, interval: float, ping_timeout: float,
                             scope: anyio.CancelScope,
-                            task_status: TaskStatus[rtc.SignalResponse]) -> None:
+                            started: Callable[[rtc.SignalResponse], None]) -> None:
         keepalive = Keepalive(interval=interval, timeout=ping_timeout, now=anyio.current_time())
         link = _SignalLink(generation, conn, keepalive, scope)
         self._signal = link
         self._linked.set()
-        task_status.started(first)
+        started(first)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._keepalive_loop, link)
@@ -574,8 +599,9 @@ class Engine:
     def _make_transport(self, join: rtc.JoinResponse, generation: int,
                         hosts: tuple[str, ...] | None) -> RtcTransport:
         config = self.options.rtc_config or RtcConfiguration()
-        servers = [RTCIceServer(urls=list(s.urls), username=s.username or None,
-                                credential=s.credential or None) for s in join.ice_servers]
+        servers = [RTCIceServer(urls=urls, username=s.username or None,
+                                credential=s.credential or None)
+                   for s in join.ice_servers if (urls := _usable_ice_urls(s.urls))]
         servers += [RTCIceServer(urls=list(s.urls), username=s.username or None,
                                  credential=s.credential or None) for s in config.ice_servers]
         return RtcTransport(
@@ -675,7 +701,11 @@ class Engine:
         elif which == "request_response":
             self._on_request_response(msg.request_response)
         elif which == "refresh_token":
-            self.token = msg.refresh_token
+            token = msg.refresh_token
+            if token and token.isascii() and token.isprintable() and " " not in token:
+                self.token = token
+            else:  # it could not even be sent in a header: keep the one we have
+                _log.warning("ignored a malformed refresh_token from the server")
         elif which in ("offer", "answer", "trickle"):
             if self._transport is not None:
                 self._transport.transport.post(msg)
@@ -856,6 +886,27 @@ def _check_size(size: int) -> None:
     if size > MAX_DATA_PACKET:
         raise PublishDataError(
             f"data packet of {size} bytes exceeds the {MAX_DATA_PACKET}-byte limit")
+
+
+def _usable_ice_urls(urls: Sequence[str]) -> list[str]:
+    """The server's ICE server URLs that aiortc can parse (one it cannot would fail the
+    whole peer connection); the others are logged and skipped."""
+    usable = []
+    for url in urls:
+        try:
+            parse_stun_turn_uri(url)
+        except ValueError:
+            _log.warning("ignored an ICE server URL the server sent: %r", url[:200])
+        else:
+            usable.append(url)
+    return usable
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception, or for the first leaf of an exception group."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _is_ip(host: str) -> bool:

@@ -169,7 +169,9 @@ class WebSocket:
                         return data.decode("utf-8", "replace") if isinstance(
                             event, wse.TextMessage) else data
                 elif isinstance(event, wse.Ping):
-                    await self._write(self._conn.send(event.response()))
+                    # Once we have sent our close frame, wsproto refuses to send a pong.
+                    if self._conn.state == wsproto.connection.ConnectionState.OPEN:
+                        await self._write(self._conn.send(event.response()))
                 elif isinstance(event, wse.CloseConnection):
                     if self._conn.state == wsproto.connection.ConnectionState.REMOTE_CLOSING:
                         await self._write(self._conn.send(event.response()))

@@ -159,7 +159,8 @@ def candidate_from_json(text: str) -> RTCIceCandidate | None:
         index = init.get("sdpMLineIndex")
         candidate.sdpMLineIndex = int(index) if index is not None else None
         return candidate
-    except (ValueError, TypeError, AttributeError, AssertionError, IndexError):
+    except (ValueError, TypeError, AttributeError, AssertionError, IndexError,
+            RecursionError, OverflowError):
         _log.warning("unusable trickle candidate ignored: %.200s", text)
         return None
 

@@ -13,6 +13,9 @@ from livekit.protocol import rtc
 __all__ = ["Keepalive"]
 
 
+# The largest round-trip time reported (an hour, in ms): anything larger is nonsense.
+_MAX_RTT_MS = 3_600_000
+
 class Keepalive:
     def __init__(self, *, interval: float, timeout: float, now: float) -> None:
         if interval <= 0 or timeout <= 0:
@@ -34,7 +37,8 @@ class Keepalive:
         """Record a pong received at ``now`` (updates the round-trip time)."""
         self.alive(now)
         if pong.last_ping_timestamp:
-            self.rtt_ms = max(0, int(now * 1000) - pong.last_ping_timestamp)
+            # Clamped: a server may echo any timestamp, and the next ping carries it.
+            self.rtt_ms = min(max(0, int(now * 1000) - pong.last_ping_timestamp), _MAX_RTT_MS)
 
     def deadline(self) -> float:
         """The time at which, without a pong, the connection counts as dead."""

@@ -152,8 +152,8 @@ async def _open(
     try:
         first = await conn.receive()
     except SignalClosed as exc:
-        raise ConnectError(f"{where} closed the connection before the {awaited}: "
-                           f"{exc.message}") from None
+        raise ConnectError(_redact(f"{where} closed the connection before the {awaited}: "
+                                   f"{exc.message}", token)) from None
     if first is None:
         raise ConnectError(f"{where} sent a malformed {awaited}")
     return conn, first, where

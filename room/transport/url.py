@@ -21,7 +21,10 @@ _SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 def _base(url: str) -> tuple[str, str, str]:
     if not isinstance(url, str) or not url:
         raise ConnectError("the server URL must be a non-empty str")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unbalanced IPv6 bracket
+        raise ConnectError(f"wrong URL {url!r}: {exc}") from None
     scheme = _SCHEMES.get(parts.scheme.lower())
     if scheme is None or not parts.hostname:
         raise ConnectError(
