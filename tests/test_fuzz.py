@@ -92,6 +92,7 @@ from room.transport.keepalive import Keepalive
 from room.transport.peer import LOSSY, RELIABLE
 from room.transport.url import signal_params
 from room.types import ConnectionState
+from tests.conftest import FIGURES
 from tests.helpers import aiortc_tasks, client_tasks, wait_until
 from tests.rawclient import RawParticipant, RawSignal
 from tests.test_state_machine import RoomStateMachine, _participant_of
@@ -132,8 +133,9 @@ def _report_counts(request: pytest.FixtureRequest) -> Iterable[None]:
     yield
     if _COUNTS:
         summary = ", ".join(f"{k}={v}" for k, v in sorted(_COUNTS.items()))
-        print(f"\n[fuzz] {request.node.name}: {summary} "
-              f"in {time.monotonic() - started:.1f} s")
+        line = f"{summary} in {time.monotonic() - started:.1f} s"
+        print(f"\n[fuzz] {request.node.name}: {line}")
+        FIGURES.append(f"{request.node.name}: {line}")  # the run's closing summary
 
 
 # A distinctive token for the tests that must never show it (it is a JWT, for the ones
