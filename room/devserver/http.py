@@ -267,12 +267,20 @@ async def serve_connection(
             return
         ws_conn = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
         target = request.path + ("?" if request.query else "")
-        ws_conn.initiate_upgrade_connection(_raw_headers(request), target)
         accepted = False
-        for event in ws_conn.events():
-            if isinstance(event, wse.Request):
-                await stream.send(ws_conn.send(wse.AcceptConnection()))
-                accepted = True
+        try:
+            ws_conn.initiate_upgrade_connection(_raw_headers(request), target)
+            for event in ws_conn.events():
+                if isinstance(event, wse.Request):
+                    await stream.send(ws_conn.send(wse.AcceptConnection()))
+                    accepted = True
+        except (h11.ProtocolError, wsproto.utilities.ProtocolError):
+            # An upgrade wsproto will not take (no Host, no key, another version...).
+            await _respond(stream, conn, Reject(400, "bad WebSocket upgrade request"),
+                           request, cors)
+            return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return  # the client is gone already
         if not accepted:
             return
         trailing, _closed = conn.trailing_data
