@@ -2440,6 +2440,36 @@ async def test_unusable_refresh_token_is_ignored(proxied_dev: _Proxied,
     assert outcome == "survived", outcome
 
 
+@pytest.mark.anyio
+async def test_regression_malformed_ice_url() -> None:
+    """An ICE server URL aiortc cannot parse, in the join response, is skipped (it made
+    the join fail with ValueError in an exception group)."""
+    join = rtc.JoinResponse()
+    join.CopyFrom(_JOIN)
+    join.ice_servers.append(rtc.ICEServer(urls=["garbage"]))
+    await _against(_Script(_Handshake("accept"), (), join, (), "silence"))
+
+
+@pytest.mark.anyio
+async def test_regression_leave_during_transport_failure(proxied_dev: _Proxied) -> None:
+    """Leaving while the supervisor gives a failed transport a second to be explained by
+    a leave (it raised anyio.EndOfStream out of the room's task group)."""
+    env = proxied_dev
+    options = room.RoomOptions(connect_timeout=5, reconnect=_POLICY)
+
+    async def bad_answer_then_leave(r: room.Room, sub: Subscription[RoomEvent]) -> str:
+        # An answer nobody asked for: the publisher connection is stable, aiortc
+        # refuses it, the transport fails.
+        await env.proxy.inject([_Proto(rtc.SignalResponse(
+            answer=rtc.SessionDescription(type="answer", sdp=_SDP_TEMPLATE)))], {})
+        await anyio.sleep(0.3)
+        return "left"
+
+    with _watching_logs():
+        await _connect(env.proxy.url, env.dev.token("leaver", room="leave"), options,
+                       then=bad_answer_then_leave, bound=30)
+
+
 # -- known bugs in code this file may not change --------------------------------------------
 #
 # Each test below reproduces a bug found by the fuzzing above, in a module owned elsewhere;
@@ -2480,33 +2510,3 @@ async def test_known_bug_aioice_gathering_after_close() -> None:
             await anyio.sleep(1.5)  # aioice retransmits after 0.5, 1.5, 3.5 s
     errors = [_record_text(r) for r in logs.take() if r.levelno >= logging.ERROR]
     assert not errors, errors[0][:2000]
-
-
-@pytest.mark.anyio
-async def test_regression_malformed_ice_url() -> None:
-    """An ICE server URL aiortc cannot parse, in the join response, is skipped (it made
-    the join fail with ValueError in an exception group)."""
-    join = rtc.JoinResponse()
-    join.CopyFrom(_JOIN)
-    join.ice_servers.append(rtc.ICEServer(urls=["garbage"]))
-    await _against(_Script(_Handshake("accept"), (), join, (), "silence"))
-
-
-@pytest.mark.anyio
-async def test_regression_leave_during_transport_failure(proxied_dev: _Proxied) -> None:
-    """Leaving while the supervisor gives a failed transport a second to be explained by
-    a leave (it raised anyio.EndOfStream out of the room's task group)."""
-    env = proxied_dev
-    options = room.RoomOptions(connect_timeout=5, reconnect=_POLICY)
-
-    async def bad_answer_then_leave(r: room.Room, sub: Subscription[RoomEvent]) -> str:
-        # An answer nobody asked for: the publisher connection is stable, aiortc
-        # refuses it, the transport fails.
-        await env.proxy.inject([_Proto(rtc.SignalResponse(
-            answer=rtc.SessionDescription(type="answer", sdp=_SDP_TEMPLATE)))], {})
-        await anyio.sleep(0.3)
-        return "left"
-
-    with _watching_logs():
-        await _connect(env.proxy.url, env.dev.token("leaver", room="leave"), options,
-                       then=bad_answer_then_leave, bound=30)
