@@ -320,6 +320,12 @@ class Engine:
                 transport_healthy=self._transport_healthy()))
         step = self._apply(self.lifecycle.attempt_succeeded())
         self._drain_stale_faults()
+        if self.outbox.unsent_count and self._connected.is_set():
+            # Stamped during the attempt's replay, before the gate opened: no caller
+            # would flush these (a last packet would wait for ever). In the background,
+            # so that a slow transport does not hold up the next fault.
+            assert self._tg is not None
+            self._tg.start_soon(self._flush_quietly)
         return step
 
     def _drain_stale_faults(self) -> None:
@@ -407,9 +413,7 @@ class Engine:
         await link.conn.send(rtc.SignalRequest(sync_state=transport.transport.sync_state(
             self.inbox.receive_states())))
         lost_before = self.outbox.lost
-        for sequence, data in self.outbox.resend_after(last):
-            if not await self._hand_reliable(sequence, data):
-                raise ConnectionClosedError("the transport refused replayed data")
+        await self._replay(lambda: self.outbox.resend_after(last))
         if self.outbox.lost > lost_before:
             _log.error("%d reliable packet(s) sent before the resume were lost: neither "
                        "received by the server nor retained",
@@ -433,9 +437,8 @@ class Engine:
         self._take_early_state()
         self._note_sid()
         await self._open_transport(join)
-        for sequence, data in self.outbox.renumber(self.state.local.sid):
-            if not await self._hand_reliable(sequence, data):
-                raise ConnectionClosedError("the new transport refused data")
+        local_sid = self.state.local.sid
+        await self._replay(lambda: self.outbox.renumber(local_sid))
         _log.info("rejoined room %r as %r (sid %s)", self.state.name,
                   self.state.local.identity, self.state.local.sid)
 
@@ -827,6 +830,19 @@ class Engine:
             while (entry := self.outbox.next_unsent()) is not None:
                 if not await self._hand_reliable(*entry):
                     return
+
+    async def _flush_quietly(self) -> None:
+        with suppress(ConnectionClosedError):  # the room ended: send_packet says so
+            await self._flush()
+
+    async def _replay(self, entries: Callable[[], list[tuple[int, bytes]]]) -> None:
+        """After a resume or rejoin: send ``entries()`` again under the flush lock, so that
+        no flush begun before the fault interleaves (the server drops a sequence not above
+        the last it took). What is stamped meanwhile goes once the gate opens."""
+        async with self._flush_lock:
+            for sequence, data in entries():
+                if not await self._hand_reliable(sequence, data):
+                    raise ConnectionClosedError("the transport refused replayed data")
 
     async def _hand_reliable(self, sequence: int, data: bytes) -> bool:
         """Give one numbered reliable packet to the transport; False if it cannot take it
