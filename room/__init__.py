@@ -30,6 +30,9 @@ from room.options import (
     ReconnectPolicy,
     RoomOptions,
     RtcConfiguration,
+    TrackPublishOptions,
+    VideoCodec,
+    VideoEncoding,
 )
 from room.participant import LocalParticipant, Participant, RemoteParticipant
 from room.publication import LocalTrackPublication, RemoteTrackPublication, TrackPublication
@@ -43,7 +46,15 @@ from room.streams import (
     TextStreamReader,
     TextStreamWriter,
 )
-from room.track import LocalTrack, RemoteTrack, Track
+from room.track import (
+    LocalAudioTrack,
+    LocalTrack,
+    LocalVideoTrack,
+    RemoteAudioTrack,
+    RemoteTrack,
+    RemoteVideoTrack,
+    Track,
+)
 from room.types import (
     ConnectionQuality,
     ConnectionState,
@@ -56,11 +67,32 @@ from room.types import (
 )
 
 if TYPE_CHECKING:
+    from room.media.frame import AudioFrame, VideoBufferType, VideoFrame
+    from room.media.manager import PublishTrackError
+    from room.media.resampler import AudioResampler
+    from room.media.source import AudioSource, VideoSource
+    from room.media.stream import AudioStream, VideoStream
     from room.room import Room
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AudioFrame",
+    "AudioResampler",
+    "AudioSource",
+    "AudioStream",
+    "LocalAudioTrack",
+    "LocalVideoTrack",
+    "PublishTrackError",
+    "RemoteAudioTrack",
+    "RemoteVideoTrack",
+    "TrackPublishOptions",
+    "VideoBufferType",
+    "VideoCodec",
+    "VideoEncoding",
+    "VideoFrame",
+    "VideoSource",
+    "VideoStream",
     "ConnectError",
     "ConnectionClosedError",
     "ConnectionQuality",
@@ -110,7 +142,18 @@ __all__ = [
 ]
 
 # Exported names whose modules are heavy, imported when first asked for.
-_LAZY = {"Room": "room.room"}
+_LAZY = {
+    "Room": "room.room",
+    "AudioFrame": "room.media.frame",
+    "VideoBufferType": "room.media.frame",
+    "VideoFrame": "room.media.frame",
+    "AudioResampler": "room.media.resampler",
+    "AudioSource": "room.media.source",
+    "VideoSource": "room.media.source",
+    "AudioStream": "room.media.stream",
+    "VideoStream": "room.media.stream",
+    "PublishTrackError": "room.media.manager",
+}
 
 
 def __getattr__(name: str) -> Any:

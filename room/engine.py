@@ -51,6 +51,7 @@ from room.errors import (
 )
 from room.events._types import ParticipantDisconnected, RoomEvent
 from room.events.hub import EventHub
+from room.media.manager import MediaManager
 from room.options import IceTransportType, RoomOptions, RtcConfiguration
 from room.participant import LocalParticipant
 from room.rpc import RpcManager
@@ -59,6 +60,7 @@ from room.streams import StreamManager
 from room.transport.ice import DEVSERVER_NODE_ID, client_host_addresses
 from room.transport.keepalive import Keepalive
 from room.transport.lifecycle import Action, Lifecycle, Step
+from room.transport.media import TrackSink
 from room.transport.peer import HIGH_WATER
 from room.transport.reliable import ReliableInbox, ReliableOutbox
 from room.transport.rtc import LOSSY, RELIABLE, RtcTransport
@@ -157,6 +159,10 @@ class Engine:
                                      reader_buffer_bytes=options.stream_buffer_bytes)
         self.rpc = RpcManager(send_packet=self._send_internal_reliable,
                               local_identity=lambda: self.local.identity)
+        self.media = MediaManager(send_signal=self.send_signal,
+                                  transport=lambda: self.transport,
+                                  state=lambda: self.state, publish=self._publish_event,
+                                  request_timeout=options.request_timeout)
         self._generations = itertools.count(1)
         self._signal: _SignalLink | None = None
         self._transport: _TransportLink | None = None
@@ -220,6 +226,7 @@ class Engine:
                     tg.cancel_scope.cancel()
                 else:
                     self._apply(self.lifecycle.joined())
+                    tg.start_soon(self.media.run_posts)
                     task_status.started()
                     await self._supervise()
                     tg.cancel_scope.cancel()
@@ -318,8 +325,13 @@ class Engine:
             return self._apply(self.lifecycle.attempt_failed(
                 anyio.current_time(), str(exc) or type(exc).__name__, needs_rejoin=False,
                 transport_healthy=self._transport_healthy()))
+        rejoined = step.action is Action.REJOIN
         step = self._apply(self.lifecycle.attempt_succeeded())
         self._drain_stale_faults()
+        if rejoined and self.state is not None and self._connected.is_set():
+            # A new session: our tracks are published again, in the background.
+            assert self._tg is not None
+            self._tg.start_soon(self.media.republish, self.state.local)
         if self.outbox.unsent_count and self._connected.is_set():
             # Stamped during the attempt's replay, before the gate opened: no caller
             # would flush these (a last packet would wait for ever). In the background,
@@ -368,6 +380,7 @@ class Engine:
             pending.finish(ConnectionClosedError(f"the room disconnected ({reason.name})"))
         self.rpc.close()
         self.streams.close()
+        self.media.close()
         self._faults_in.close()
 
     def close(self, reason: DisconnectReason, message: str, *, tell_server: bool) -> None:
@@ -449,6 +462,7 @@ class Engine:
         for msg in early:
             for event in self.state.handle(msg):
                 self._state_event(event)
+        self.media.adopt(self.state)
         self._note_sid()
 
     def _retire_signal(self) -> None:
@@ -612,7 +626,8 @@ class Engine:
             on_failure=lambda message: self._fault("transport", generation, message),
             ice_servers=servers, host_addresses=hosts,
             subscriber_primary=join.subscriber_primary,
-            relay_only=config.ice_transport_type is IceTransportType.RELAY)
+            relay_only=config.ice_transport_type is IceTransportType.RELAY,
+            on_track=self._on_track)
 
     async def _say_goodbye(self, conn: SignalConnection) -> None:
         leave = rtc.SignalRequest(leave=rtc.LeaveRequest(
@@ -709,6 +724,12 @@ class Engine:
                 self.token = token
             else:  # it could not even be sent in a header: keep the one we have
                 _log.warning("ignored a malformed refresh_token from the server")
+        elif which == "track_published" and self.state is not None:
+            self.media.on_track_published(msg.track_published)
+        elif which == "track_unpublished" and self.state is not None and not self._holding:
+            self.media.on_track_unpublished(self.state.local, msg.track_unpublished.track_sid)
+        elif which == "mute" and self.state is not None and not self._holding:
+            self.media.on_server_mute(self.state.local, msg.mute)
         elif which in ("offer", "answer", "trickle"):
             if self._transport is not None:
                 self._transport.transport.post(msg)
@@ -732,7 +753,21 @@ class Engine:
             self.rpc.participant_left(event.participant.identity)
             self.streams.participant_left(event.participant.identity)
             self.inbox.forget([event.participant.sid])
+        for before in self.media.before_state_event(event):
+            self.hub.publish(before)
         self.hub.publish(event)
+        self.media.after_state_event(event)
+
+    def _publish_event(self, event: RoomEvent) -> None:
+        if not self.closing:
+            self.hub.publish(event)
+
+    def _on_track(self, sink: TrackSink, started: bool) -> None:
+        """The subscriber connection started or stopped carrying a track (our loop)."""
+        if self.state is None or self.closing:
+            sink.end()
+            return
+        self.media.on_sink(sink, started)
 
     # -- requests (set_metadata and friends) ---------------------------------------------
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from room.errors import UnsupportedFeatureError
+from room.types import TrackSource
 
 __all__ = [
     "ContinualGatheringPolicy",
@@ -16,6 +17,9 @@ __all__ = [
     "IceTransportType",
     "RoomOptions",
     "RtcConfiguration",
+    "TrackPublishOptions",
+    "VideoCodec",
+    "VideoEncoding",
 ]
 
 
@@ -174,3 +178,71 @@ class RoomOptions:
 
 def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+class VideoCodec(enum.IntEnum):
+    """Video codecs (LiveKit's numbering). aiortc sends VP8 and H264 only."""
+
+    VP8 = 0
+    H264 = 1
+    AV1 = 2
+    VP9 = 3
+    H265 = 4
+
+
+_SENDABLE_CODECS = {VideoCodec.VP8: "vp8", VideoCodec.H264: "h264"}
+
+
+@dataclass(frozen=True, slots=True)
+class VideoEncoding:
+    """A video track's encoding ceiling: bits per second and frames per second."""
+
+    max_bitrate: int
+    max_framerate: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not _positive_int(self.max_bitrate):
+            raise ValueError("max_bitrate must be a positive int (bits per second)")
+        if not self.max_framerate > 0:
+            raise ValueError("max_framerate must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class TrackPublishOptions:
+    """How to publish a track (see docs/media.md).
+
+    ``dtx`` and ``red`` are what the server is told about an audio track; aiortc's Opus
+    encoder makes neither (no discontinuous transmission, no redundancy), so the server
+    is told ``disable_red`` whatever ``red`` says. Not supported, and refused with
+    `UnsupportedFeatureError` rather than ignored: ``simulcast=True``, and video codecs
+    other than VP8 and H264.
+    """
+
+    source: TrackSource = TrackSource.UNKNOWN
+    dtx: bool = True
+    red: bool = True
+    simulcast: bool = False
+    video_codec: VideoCodec = VideoCodec.VP8
+    video_encoding: VideoEncoding | None = None
+    stream: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, TrackSource):
+            raise TypeError("source must be a TrackSource")
+        if self.simulcast:
+            raise UnsupportedFeatureError(
+                "TrackPublishOptions(simulcast=True): aiortc cannot send simulcast "
+                "layers. Leave simulcast at False, the default.")
+        if self.video_codec not in _SENDABLE_CODECS:
+            raise UnsupportedFeatureError(
+                f"TrackPublishOptions(video_codec={VideoCodec(self.video_codec).name}): "
+                "aiortc sends VP8 and H264 only.")
+        if self.video_encoding is not None and not isinstance(self.video_encoding,
+                                                              VideoEncoding):
+            raise TypeError("video_encoding must be a VideoEncoding or None")
+        if not isinstance(self.stream, str):
+            raise TypeError("stream must be a str")
+
+    @property
+    def codec_name(self) -> str:
+        return _SENDABLE_CODECS[self.video_codec]

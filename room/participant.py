@@ -16,11 +16,14 @@ from livekit.protocol import models
 
 from room.data import TranscriptionSegment
 from room.publication import LocalTrackPublication, RemoteTrackPublication, TrackPublication
-from room.types import ConnectionQuality, DisconnectReason, ParticipantKind
+from room.types import ConnectionQuality, DisconnectReason, ParticipantKind, TrackSource
 
 if TYPE_CHECKING:
+    from room.media.manager import MediaManager
+    from room.options import TrackPublishOptions
     from room.rpc import RpcHandler, RpcManager
     from room.streams import ByteStreamWriter, StreamManager, TextStreamWriter
+    from room.track import LocalTrack
 
 __all__ = ["Participant", "LocalParticipant", "RemoteParticipant"]
 
@@ -80,6 +83,9 @@ class _LocalEngine(Protocol):
     @property
     def streams(self) -> StreamManager: ...
 
+    @property
+    def media(self) -> MediaManager: ...
+
 
 class LocalParticipant(Participant):
     """This client, as the room sees it; its methods talk to the server."""
@@ -88,8 +94,14 @@ class LocalParticipant(Participant):
         super().__init__(info)
         self._engine = engine
         # Servers that send no permission block impose none.
-        self.can_publish_data = (info.permission.can_publish_data
-                                 if info.HasField("permission") else True)
+        has = info.HasField("permission")
+        self.can_publish_data = info.permission.can_publish_data if has else True
+        self.can_publish = info.permission.can_publish if has else True
+        self.can_subscribe = info.permission.can_subscribe if has else True
+        # Empty: every source.
+        self.can_publish_sources = frozenset(
+            TrackSource(s) for s in info.permission.can_publish_sources
+            if s in TrackSource._value2member_map_)
         # The token's legacy ``video.agent`` grant also makes an agent (set by the room).
         self._agent_grant = False
 
@@ -277,6 +289,22 @@ class LocalParticipant(Participant):
         return await self._require_engine().streams.send_file(
             path, topic=topic, destination_identities=destination_identities,
             mime_type=mime_type, attributes=attributes)
+
+    async def publish_track(self, track: LocalTrack,
+                            options: TrackPublishOptions | None = None
+                            ) -> LocalTrackPublication:
+        """Publish ``track``; returns its publication once the server has accepted it and
+        the track's media is negotiated (the others see `TrackPublished`). Cancelled
+        midway, the track is not published (the server forgets its half)."""
+        from room.options import TrackPublishOptions
+
+        engine = self._require_engine()
+        return await engine.media.publish_track(self, track,
+                                                options or TrackPublishOptions())
+
+    async def unpublish_track(self, track_sid: str) -> None:
+        """Stop publishing the track ``track_sid``; returns once renegotiated."""
+        await self._require_engine().media.unpublish_track(self, track_sid)
 
     async def _send_packet(self, packet: models.DataPacket, *, reliable: bool) -> None:
         await self._require_engine().send_packet(packet, reliable=reliable)

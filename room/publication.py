@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 from livekit.protocol import models
 
 from room.track import Track
 from room.types import TrackKind, TrackSource
+
+if TYPE_CHECKING:
+    from room.options import TrackPublishOptions
 
 __all__ = ["TrackPublication", "LocalTrackPublication", "RemoteTrackPublication"]
 
@@ -38,10 +43,34 @@ class TrackPublication:
 class LocalTrackPublication(TrackPublication):
     """A track this client publishes."""
 
+    def __init__(self, info: models.TrackInfo) -> None:
+        super().__init__(info)
+        self._options: TrackPublishOptions | None = None
+
+
+class _Subscriptions(Protocol):
+    def set_subscribed(self, publication: RemoteTrackPublication, subscribed: bool) -> None:
+        ...
+
 
 class RemoteTrackPublication(TrackPublication):
-    """A track another participant publishes."""
+    """A track another participant publishes. ``subscribed`` says whether its media
+    reaches us now (``track`` is then set)."""
 
     def __init__(self, info: models.TrackInfo) -> None:
         super().__init__(info)
         self.subscribed = False
+        self._wanted = True  # unless the user unsubscribed (or auto_subscribe is off)
+        self._media: _Subscriptions | None = None
+
+    def set_subscribed(self, subscribed: bool) -> None:
+        """Subscribe to this track (`TrackSubscribed` follows once its media arrives) or
+        unsubscribe (`TrackUnsubscribed` at once; its streams end). The request is sent
+        in the background, in order with the room's other requests."""
+        if not isinstance(subscribed, bool):
+            raise TypeError("set_subscribed takes a bool")
+        if self._media is None:
+            from room.errors import ConnectionClosedError
+
+            raise ConnectionClosedError("this publication is not in a live room")
+        self._media.set_subscribed(self, subscribed)

@@ -89,6 +89,10 @@ class TrackKind(enum.IntEnum):
     AUDIO = 0
     VIDEO = 1
     DATA = 2
+    # The official SDK's spellings, as aliases.
+    KIND_AUDIO = 0
+    KIND_VIDEO = 1
+    KIND_DATA = 2
 
 
 class TrackSource(enum.IntEnum):
@@ -99,6 +103,12 @@ class TrackSource(enum.IntEnum):
     MICROPHONE = 2
     SCREEN_SHARE = 3
     SCREEN_SHARE_AUDIO = 4
+    # The official SDK's spellings, as aliases.
+    SOURCE_UNKNOWN = 0
+    SOURCE_CAMERA = 1
+    SOURCE_MICROPHONE = 2
+    SOURCE_SCREENSHARE = 3
+    SOURCE_SCREENSHARE_AUDIO = 4
 
 
 class DataPacketKind(enum.IntEnum):

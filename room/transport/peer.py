@@ -19,12 +19,16 @@ from aiortc import (
     RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from room.transport.aio import report_handler_errors, uncancellable
 from room.transport.ice import candidate_from_json, use_host_addresses
+from room.transport.media import ReceiverPump, TrackSink
+from room.transport.sdp import media_sections
 
 __all__ = ["HIGH_WATER", "LOSSY", "LOW_WATER", "RELIABLE", "Peer"]
 
@@ -40,6 +44,8 @@ LOW_WATER = 256 * 1024
 
 OnData = Callable[[str, bytes], None]
 OnState = Callable[[str], None]
+# A received track starts being carried (True) or stops (False).
+OnTrack = Callable[[TrackSink, bool], None]
 
 
 class Peer:
@@ -49,8 +55,11 @@ class Peer:
         self, *, name: str, ice_servers: Sequence[RTCIceServer] = (),
         host_addresses: Sequence[str] | None = None, on_data: OnData | None = None,
         on_state: OnState | None = None, relay_only: bool = False,
+        on_track: OnTrack | None = None,
     ) -> None:
         self.name = name
+        self._on_track = on_track
+        self._pumps: dict[str, ReceiverPump] = {}  # by mid
         self._host_addresses = tuple(host_addresses) if host_addresses is not None else None
         self._on_data = on_data
         self._on_state = on_state
@@ -85,20 +94,83 @@ class Peer:
     async def answer(self, offer_sdp: str) -> str:
         """Accept a remote offer; return our answer SDP (candidates included).
 
-        Media m-lines are answered inactive: `room` does not receive media yet, and an
-        aiortc receiver would decode every frame into a queue nobody reads (unbounded).
-        A LiveKit server offers the tracks of the room as soon as we join with
-        auto_subscribe."""
+        With ``on_track``, every media m-line that sends us a track is received: its
+        decoded frames are drained (`ReceiverPump`) into the `TrackSink` of the track it
+        carries now, and ``on_track`` hears when a track starts or stops being carried.
+        Without it, media m-lines are answered inactive (an aiortc receiver nobody drains
+        would decode every frame into an unbounded queue)."""
         with use_host_addresses(self._host_addresses):
             await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
             self._follow_ice_restart(offer_sdp)
-            for transceiver in self.pc.getTransceivers():
-                if transceiver.kind in ("audio", "video") and (
-                        transceiver.direction != "inactive"):
-                    _log.info("%s: %s m-line %s declined (no media support yet)",
-                              self.name, transceiver.kind, transceiver.mid)
-                    transceiver.direction = "inactive"
+            if self._on_track is None:
+                for transceiver in self.pc.getTransceivers():
+                    if transceiver.kind in ("audio", "video") and (
+                            transceiver.direction != "inactive"):
+                        _log.info("%s: %s m-line %s declined (no media here)",
+                                  self.name, transceiver.kind, transceiver.mid)
+                        transceiver.direction = "inactive"
+            else:
+                self._follow_media(offer_sdp)
             await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    def _follow_media(self, offer_sdp: str) -> None:
+        """Start, swap or stop what each media m-line carries, as the offer says."""
+        assert self._on_track is not None
+        sections = {m.mid: m for m in media_sections(offer_sdp)}
+        for transceiver in self.pc.getTransceivers():
+            mid = transceiver.mid
+            if transceiver.kind not in ("audio", "video") or mid is None:
+                continue
+            section = sections.get(mid)
+            track = transceiver.receiver.track
+            pump = self._pumps.get(mid)
+            if pump is None and track is not None:
+                pump = self._pumps[mid] = ReceiverPump(track, f"{self.name} {mid}")
+                pump.start()
+            if pump is None:
+                continue
+            old = pump.sink
+            if section is None or not section.sends or not section.track_id:
+                wanted = None
+            elif old is not None and old.track_sid == section.track_id and not old.ended:
+                wanted = old
+            else:
+                wanted = TrackSink(track_sid=section.track_id, stream_id=section.stream_id,
+                                   kind=transceiver.kind, mid=mid)
+            if wanted is old:
+                continue
+            pump.carry(wanted)
+            if old is not None:
+                self._on_track(old, False)
+            if wanted is not None:
+                self._on_track(wanted, True)
+
+    async def add_sender(self, track: MediaStreamTrack, codec: str | None) -> None:
+        """A sendonly m-line for ``track`` (negotiated by the next `offer`)."""
+        transceiver = self.pc.addTransceiver(track, direction="sendonly")
+        if codec is not None:
+            capabilities = RTCRtpSender.getCapabilities(track.kind)
+            wanted = [c for c in capabilities.codecs
+                      if c.mimeType.lower() in (f"{track.kind}/{codec}", f"{track.kind}/rtx")]
+            if not any(c.mimeType.lower() != f"{track.kind}/rtx" for c in wanted):
+                raise ValueError(f"aiortc cannot send {codec}")
+            transceiver.setCodecPreferences(wanted)
+
+    async def remove_sender(self, track: MediaStreamTrack) -> bool:
+        """Stop sending ``track``: its m-line goes inactive. False if it was not sent."""
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.sender.track is track:
+                transceiver.direction = "inactive"
+                transceiver.sender.replaceTrack(None)
+                track.stop()
+                return True
+        return False
+
+    async def offer(self) -> str:
+        """A new offer (after media was added or removed); its SDP."""
+        with use_host_addresses(self._host_addresses):
+            await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription.sdp
 
     def _follow_ice_restart(self, sdp: str) -> None:
@@ -225,6 +297,12 @@ class Peer:
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            pumps, self._pumps = list(self._pumps.values()), {}
+            for pump in pumps:
+                old = pump.sink
+                pump.stop()
+                if old is not None and self._on_track is not None:
+                    self._on_track(old, False)
             await self.pc.close()
             self._low.set()
 

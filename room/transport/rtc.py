@@ -19,11 +19,13 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 import anyio.lowlevel
 from aiortc import RTCIceServer
+from aiortc.mediastreams import MediaStreamTrack
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from livekit.protocol import rtc
 
 from room.transport.aio import aiortc_loop, call_soon_in_caller
 from room.transport.ice import candidate_to_json, sdp_candidates
+from room.transport.media import TrackSink
 from room.transport.peer import HIGH_WATER, LOSSY, LOW_WATER, RELIABLE, Peer
 
 __all__ = ["LOSSY", "RELIABLE", "RtcTransport"]
@@ -32,6 +34,8 @@ _log = logging.getLogger(__name__)
 
 _PUBLISHER = rtc.SignalTarget.PUBLISHER
 _SUBSCRIBER = rtc.SignalTarget.SUBSCRIBER
+# How long the server may take to answer a publisher offer.
+_ANSWER_TIMEOUT = 15.0
 
 
 class RtcTransport:
@@ -46,7 +50,9 @@ class RtcTransport:
         on_packet: Callable[[str, bytes], None], on_failure: Callable[[str], None],
         ice_servers: Sequence[RTCIceServer], host_addresses: Sequence[str] | None,
         subscriber_primary: bool = True, relay_only: bool = False,
+        on_track: Callable[[TrackSink, bool], None] | None = None,
     ) -> None:
+        self._on_track = on_track
         self._relay_only = relay_only
         self._subscriber_primary = subscriber_primary
         self._send_signal = send_signal
@@ -64,6 +70,9 @@ class RtcTransport:
             math.inf)
         self._sdp_id = 0
         self._closing = False
+        self._negotiating = anyio.Lock()  # one publisher offer/answer at a time
+        self._answered = anyio.Event()
+        self._trickled: set[tuple[int, str]] = set()  # (target, candidate) sent already
 
     @property
     def healthy(self) -> bool:
@@ -105,10 +114,17 @@ class RtcTransport:
                     soon(lambda: self._on_failure(f"{which} peer connection {state}"))
             return changed
 
+        on_track = self._on_track
+
+        def track_changed(sink: TrackSink, started: bool) -> None:
+            if on_track is not None:
+                soon(lambda: on_track(sink, started))
+
         async def make(name: str) -> Peer:
             return Peer(name=name, ice_servers=self._ice_servers,
                         host_addresses=self._host_addresses, on_data=on_data,
-                        on_state=on_state(name), relay_only=self._relay_only)
+                        on_state=on_state(name), relay_only=self._relay_only,
+                        on_track=track_changed if name == "subscriber" else None)
 
         self._publisher = await self._loop.run(make, "publisher", on_orphan=Peer.close)
         self._subscriber = await self._loop.run(make, "subscriber", on_orphan=Peer.close)
@@ -147,6 +163,7 @@ class RtcTransport:
             await self._send_description("answer", sdp, _SUBSCRIBER, msg.offer.id)
         elif which == "answer":
             await self._loop.run(self._publisher.accept_answer, msg.answer.sdp)
+            self._answered.set()
         elif which == "trickle":
             peer = self._subscriber if msg.trickle.target == _SUBSCRIBER else self._publisher
             await self._loop.run(peer.add_candidate, msg.trickle.candidateInit)
@@ -165,8 +182,35 @@ class RtcTransport:
         pub.note_posted(len(data))
         self._loop.call_soon(pub.deliver, label, data)
 
+    # -- media we send ------------------------------------------------------------------
+
+    async def add_track(self, track: MediaStreamTrack, *, codec: str | None = None) -> None:
+        """Send ``track`` on a new sendonly m-line of the publisher connection (its id is
+        the track's cid, which is how the server recognizes it), negotiated before this
+        returns. ``codec`` ("vp8", "h264", ...) restricts the m-line to that codec."""
+        assert self._publisher is not None
+        await self._loop.run(self._publisher.add_sender, track, codec)
+        await self.negotiate()
+
+    async def remove_track(self, track: MediaStreamTrack) -> None:
+        """Stop sending ``track``; its m-line goes inactive (negotiated before return)."""
+        assert self._publisher is not None
+        if await self._loop.run(self._publisher.remove_sender, track):
+            await self.negotiate()
+
+    async def negotiate(self) -> None:
+        """Offer the publisher connection again and wait for the server's answer."""
+        assert self._publisher is not None
+        async with self._negotiating:
+            self._answered = anyio.Event()
+            sdp = await self._loop.run(self._publisher.offer)
+            await self._send_description("offer", sdp, _PUBLISHER)
+            with anyio.fail_after(_ANSWER_TIMEOUT):
+                await self._answered.wait()
+
     async def close(self) -> None:
         self._closing = True
+        self._answered.set()
         self._inbox.close()
         self._messages.close()
         peers = [peer for peer in (self._publisher, self._subscriber) if peer is not None]
@@ -182,11 +226,13 @@ class RtcTransport:
         await self._send_signal(rtc.SignalRequest(offer=desc) if kind == "offer"
                                 else rtc.SignalRequest(answer=desc))
         # LiveKit clients trickle; ours also rides in the SDP, so the server may use either.
-        candidates = sdp_candidates(sdp)
+        # A renegotiation's SDP repeats them: each is trickled once.
+        candidates = [c for c in (candidate_to_json(c) for c in sdp_candidates(sdp))
+                      if (target, c) not in self._trickled]
         for i, candidate in enumerate(candidates):
+            self._trickled.add((target, candidate))
             await self._send_signal(rtc.SignalRequest(trickle=rtc.TrickleRequest(
-                candidateInit=candidate_to_json(candidate), target=target,
-                final=i == len(candidates) - 1)))
+                candidateInit=candidate, target=target, final=i == len(candidates) - 1)))
 
 
 async def _close_peers(peers: list[Peer]) -> None:
