@@ -24,8 +24,6 @@ async def play(source: room.AudioSource, frequency: float, seconds: float) -> No
 
 
 async def test_a_published_tone_is_heard_at_its_frequency(server: Server) -> None:
-    if server.kind == "dev":
-        pytest.skip("the dev server does not forward media yet")
     async with server.connect("alice") as alice, server.connect("bob") as bob:
         await known(bob, "alice")
         subscribed = bob.events(TrackSubscribed)

@@ -24,6 +24,7 @@ from livekit.protocol import models, rtc
 
 from room.devserver.auth import Grants
 from room.devserver.http import WebSocket
+from room.devserver.sfu import RoomMedia
 from room.devserver.webrtc import SessionRtc
 
 __all__ = ["DevRoom", "Session", "new_sid"]
@@ -94,6 +95,8 @@ class Session:
         # Its peer connections failed (monotonic deadline): it is removed then unless it
         # resumes first (see `room.devserver.faults`).
         self.failed_until: float | None = None
+        # Whether it is sent every published track (the join's ``auto_subscribe``).
+        self.auto_subscribe = True
 
     @property
     def subscriber_primary(self) -> bool:
@@ -215,6 +218,7 @@ class DevRoom:
         # Recent user packet nonces (livekit-server keeps 100), from both loops.
         self._nonces: collections.deque[bytes] = collections.deque(maxlen=100)
         self._nonce_lock = threading.Lock()
+        self.media = RoomMedia(self)
 
     @property
     def name(self) -> str:
@@ -233,6 +237,7 @@ class DevRoom:
         self.sessions[session.identity] = session
         self.model.num_participants = len(self.sessions)
         self._announce(session.info, to_self=None)
+        self.media.joined(session)
 
     def leave(self, session: Session, reason: models.DisconnectReason,
               *, notify_self: bool = False) -> None:
@@ -242,6 +247,7 @@ class DevRoom:
             return
         del self.sessions[session.identity]
         self.model.num_participants = len(self.sessions)
+        self.media.left(session)
         if notify_self:
             session.send(rtc.SignalResponse(leave=rtc.LeaveRequest(
                 reason=reason, action=rtc.LeaveRequest.Action.DISCONNECT)))

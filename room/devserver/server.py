@@ -25,6 +25,7 @@ from room.devserver.auth import AuthError, Grants, mint_token, verify_token
 from room.devserver.http import HttpRequest, Reject, Response, WebSocket, serve_connection
 from room.devserver.rooms import DevRoom, Session
 from room.devserver.service import ROOM_SERVICE_PATH, RoomService, TwirpError
+from room.devserver.sfu import SPEAKER_INTERVAL
 from room.devserver.webrtc import SessionRtc
 from room.transport.ice import DEVSERVER_NODE_ID, resolve_host, server_host_addresses
 from room.transport.peer import RELIABLE
@@ -323,6 +324,7 @@ class DevServer:
                     async with anyio.create_task_group() as tg:
                         self._connections = tg
                         tg.start_soon(self._accept_loop)
+                        tg.start_soon(self._speaker_loop)
                         if self.presence_interval:
                             tg.start_soon(self._presence_loop)
                         task_status.started()
@@ -343,6 +345,13 @@ class DevServer:
             await anyio.sleep(self.presence_interval)
             for r in list(self._rooms.values()):
                 r.flush()
+
+    async def _speaker_loop(self) -> None:
+        """Announce who speaks, every `sfu.SPEAKER_INTERVAL` seconds."""
+        while True:
+            await anyio.sleep(SPEAKER_INTERVAL)
+            for r in list(self._rooms.values()):
+                r.media.measure_speakers()
 
     async def _accept_loop(self) -> None:
         assert self._listener is not None and self._connections is not None
@@ -390,11 +399,14 @@ class DevServer:
             await self._resume(grants, protocol, ws)
             return
         session = Session(grants, protocol, _int(request.query.get("client_protocol")))
+        session.auto_subscribe = request.query.get("auto_subscribe", "1").lower() not in (
+            "0", "false")
         room = self._service.room_for_join(grants.room)
         session.rtc = SessionRtc(
             identity=grants.identity, host_addresses=self._ice_hosts,
             send=session.send, subscriber_primary=session.subscriber_primary,
-            on_packet=lambda label, data: self._relay(room, session, label, data))
+            on_packet=lambda label, data: self._relay(room, session, label, data),
+            on_track=lambda sink, started: room.media.on_media(session, sink, started))
         outbox = session.attach(ws)
         session.send(rtc.SignalResponse(join=self._join_response(room, session)))
         room.join(session)
@@ -621,13 +633,20 @@ class DevServer:
             session.send(rtc.SignalResponse(request_response=rtc.RequestResponse(
                 request_id=upd.request_id, reason=reason, message=message,
                 update_metadata=upd)))
+        elif which == "add_track":
+            room.media.add_track(session, req.add_track)
+        elif which == "mute":
+            room.media.mute(session, req.mute)
+        elif which == "subscription":
+            room.media.update_subscription(session, req.subscription)
         elif which == "sync_state":
             # livekit-server (room.go onSyncState) checks the tracks the client says it
-            # publishes: one it does not know means a full reconnect. We have no tracks,
-            # so any is unknown. ``datachannel_receive_states`` are not used on a resume
-            # (only when a session migrates between nodes); nothing is re-sent.
+            # publishes: one it does not know means a full reconnect.
+            # ``datachannel_receive_states`` are not used on a resume (only when a session
+            # migrates between nodes); nothing is re-sent.
             state = req.sync_state
-            if state.publish_tracks or state.publish_data_tracks:
+            if state.publish_data_tracks or not room.media.known_tracks(
+                    session, [t.track.sid for t in state.publish_tracks]):
                 _log.info("dev server: %s resumed with tracks we do not know; asking it "
                           "to reconnect", session.identity)
                 faults.ask_to_reconnect(room, session, models.DisconnectReason.STATE_MISMATCH)

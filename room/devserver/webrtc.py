@@ -24,8 +24,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from livekit.protocol import rtc
 
 from room.devserver.faults import UdpGate
+from room.devserver.sfu import RelayTrack
 from room.transport.aio import aiortc_loop, call_soon_in_caller
 from room.transport.ice import candidate_to_json, sdp_candidates, use_host_addresses
+from room.transport.media import TrackSink
 from room.transport.peer import Peer
 
 __all__ = ["SessionRtc"]
@@ -40,6 +42,25 @@ class _ReOffer:
 _REOFFER = _ReOffer()
 
 
+class _AddDown:
+    """Queued: send a published track to this client (a new sendonly m-line)."""
+
+    def __init__(self, source: TrackSink, stream_id: str, track_sid: str) -> None:
+        self.source = source
+        self.stream_id = stream_id
+        self.track_sid = track_sid
+
+
+class _RemoveDown:
+    """Queued: stop sending this client the track ``track_sid`` (its m-line inactive)."""
+
+    def __init__(self, track_sid: str) -> None:
+        self.track_sid = track_sid
+
+
+_Queued = rtc.SignalRequest | _ReOffer | _AddDown | _RemoveDown
+
+
 class SessionRtc:
     """One participant's peer connections on the server."""
 
@@ -47,7 +68,12 @@ class SessionRtc:
         self, *, identity: str, host_addresses: Sequence[str] | None,
         send: Callable[[rtc.SignalResponse], None],
         on_packet: Callable[[str, bytes], None], subscriber_primary: bool = True,
+        on_track: Callable[[TrackSink, bool], None] | None = None,
     ) -> None:
+        self._on_track = on_track
+        self._relays: dict[str, RelayTrack] = {}  # what we send it, by track sid (aiortc)
+        self._offering = False  # a subscriber offer waits for its answer
+        self._offer_again = False  # and another is wanted after it
         self._subscriber_primary = subscriber_primary
         self._identity = identity
         self._hosts = host_addresses
@@ -56,10 +82,9 @@ class SessionRtc:
         self._loop = aiortc_loop()
         self.publisher: Peer | None = None
         self.subscriber: Peer | None = None
-        self._inbox: MemoryObjectSendStream[rtc.SignalRequest | _ReOffer]
-        self._requests: MemoryObjectReceiveStream[rtc.SignalRequest | _ReOffer]
-        self._inbox, self._requests = anyio.create_memory_object_stream[
-            rtc.SignalRequest | _ReOffer](math.inf)
+        self._inbox: MemoryObjectSendStream[_Queued]
+        self._requests: MemoryObjectReceiveStream[_Queued]
+        self._inbox, self._requests = anyio.create_memory_object_stream[_Queued](math.inf)
         self._sdp_id = 0
         self._early: list[tuple[str, bytes]] = []  # relayed before our subscriber existed
         self.connected = anyio.Event()  # set once either connection has connected
@@ -83,15 +108,23 @@ class SessionRtc:
             if state == "connected":
                 soon(self.connected.set)
 
+        on_track = self._on_track
+
+        def track_changed(sink: TrackSink, started: bool) -> None:  # on the aiortc loop
+            if on_track is not None:
+                soon(lambda: on_track(sink, started))
+
         async def make(name: str) -> Peer:
             return Peer(name=f"{self._identity}/{name}", host_addresses=self._hosts,
-                        on_data=self._on_packet, on_state=on_state)
+                        on_data=self._on_packet, on_state=on_state,
+                        on_track=track_changed if name == "publisher" else None)
 
         if self._subscriber_primary:
             subscriber = self.subscriber = await self._loop.run(
                 make, "subscriber", on_orphan=Peer.close)
             self._loop.call_soon(self._deliver_on, subscriber)
             sdp = await self._loop.run(subscriber.offer_with_channels)
+            self._offering = True
             self._describe("offer", sdp, rtc.SignalTarget.SUBSCRIBER)
         async for req in self._requests:
             try:
@@ -141,13 +174,43 @@ class SessionRtc:
                     gate.install(peer.pc)
             await self._loop.run(install)
 
-    async def _handle(self, req: rtc.SignalRequest | _ReOffer,
-                      make: Callable[[str], object]) -> None:
+    def add_downtrack(self, source: TrackSink, participant_sid: str, track_sid: str) -> None:
+        """Send the client a published track (then re-offer); never blocks."""
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._inbox.send_nowait(_AddDown(source, f"{participant_sid}|{track_sid}",
+                                             track_sid))
+
+    def remove_downtrack(self, track_sid: str) -> None:
+        """Stop sending the client ``track_sid`` (then re-offer); never blocks."""
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._inbox.send_nowait(_RemoveDown(track_sid))
+
+    async def _offer_subscriber(self) -> None:
+        """A new subscriber offer, unless one waits for its answer: then after it."""
+        if self.subscriber is None:
+            return
+        if self._offering:
+            self._offer_again = True
+            return
+        sdp = await self._loop.run(self._reoffer, self.subscriber)
+        self._offering = True
+        self.reoffer_pending_since = time.monotonic()
+        self._describe("offer", sdp, rtc.SignalTarget.SUBSCRIBER)
+
+    async def _handle(self, req: _Queued, make: Callable[[str], object]) -> None:
         if isinstance(req, _ReOffer):
-            if self.subscriber is not None:
-                sdp = await self._loop.run(self._reoffer, self.subscriber)
-                self.reoffer_pending_since = time.monotonic()
-                self._describe("offer", sdp, rtc.SignalTarget.SUBSCRIBER)
+            self._offering = False  # a restart: the client answers this one
+            await self._offer_subscriber()
+            return
+        if isinstance(req, _AddDown):
+            if self.subscriber is not None and not req.source.ended:
+                await self._loop.run(self._add_relay, self.subscriber, req)
+                await self._offer_subscriber()
+            return
+        if isinstance(req, _RemoveDown):
+            if self.subscriber is not None and await self._loop.run(
+                    self._remove_relay, self.subscriber, req.track_sid):
+                await self._offer_subscriber()
             return
         which = req.WhichOneof("message")
         if which == "offer":
@@ -164,11 +227,38 @@ class SessionRtc:
         elif which == "answer" and self.subscriber is not None:
             await self._loop.run(self.subscriber.accept_answer, req.answer.sdp)
             self.reoffer_pending_since = None
+            self._offering = False
+            if self._offer_again:
+                self._offer_again = False
+                await self._offer_subscriber()
         elif which == "trickle":
             peer = (self.subscriber if req.trickle.target == rtc.SignalTarget.SUBSCRIBER
                     else self.publisher)
             if peer is not None:
                 await self._loop.run(peer.add_candidate, req.trickle.candidateInit)
+
+    async def _add_relay(self, peer: Peer, req: _AddDown) -> None:
+        """A sendonly m-line relaying ``req.source`` (aiortc loop). Its msid is LiveKit's
+        ``<participant sid>|<track sid>`` ``<track sid>``: aiortc takes the track id
+        from the track and the stream id from the sender (a private attribute)."""
+        sid = req.track_sid
+        if sid in self._relays:
+            return
+        relay = RelayTrack(req.source.kind, sid, req.source)
+        transceiver = peer.pc.addTransceiver(relay, direction="sendonly")
+        transceiver.sender._stream_id = req.stream_id
+        self._relays[sid] = relay
+
+    async def _remove_relay(self, peer: Peer, track_sid: str) -> bool:
+        relay = self._relays.pop(track_sid, None)
+        if relay is None:
+            return False
+        for transceiver in peer.pc.getTransceivers():
+            if transceiver.sender.track is relay:
+                transceiver.direction = "inactive"
+                transceiver.sender.replaceTrack(None)
+        relay.stop()
+        return True
 
     async def _reoffer(self, peer: Peer) -> str:
         with use_host_addresses(self._hosts):

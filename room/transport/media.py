@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -40,6 +40,7 @@ __all__ = [
     "AudioFeed",
     "FeedAudioTrack",
     "FeedVideoTrack",
+    "FrameReader",
     "FrameTap",
     "ReceiverPump",
     "TrackSink",
@@ -246,6 +247,15 @@ class FeedVideoTrack(MediaStreamTrack):
 
 
 F = TypeVar("F")
+F_contra = TypeVar("F_contra", contravariant=True)
+
+
+class FrameReader(Protocol[F_contra]):
+    """Whatever a `TrackSink` hands frames to (a `FrameTap`, a level meter)."""
+
+    def push(self, frame: F_contra) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class FrameTap(Generic[F]):
@@ -254,7 +264,7 @@ class FrameTap(Generic[F]):
 
     When full, a push drops the oldest frame (counted in ``dropped``)."""
 
-    def __init__(self, capacity: int, wake: Callable[[Callable[[], None]], None]) -> None:
+    def __init__(self, capacity: int, wake: Callable[[Callable[[], None]], object]) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
@@ -311,7 +321,7 @@ class TrackSink:
         self.kind = kind
         self.mid = mid
         self.frames = 0
-        self._taps: tuple[FrameTap[av.AudioFrame | av.VideoFrame], ...] = ()
+        self._taps: tuple[FrameReader[av.AudioFrame | av.VideoFrame], ...] = ()
         self._lock = threading.Lock()
         self._ended = False
 
@@ -323,14 +333,14 @@ class TrackSink:
     def ended(self) -> bool:
         return self._ended
 
-    def attach(self, tap: FrameTap[av.AudioFrame | av.VideoFrame]) -> None:
+    def attach(self, tap: FrameReader[av.AudioFrame | av.VideoFrame]) -> None:
         with self._lock:
             if self._ended:
                 tap.close()
                 return
             self._taps = (*self._taps, tap)
 
-    def detach(self, tap: FrameTap[av.AudioFrame | av.VideoFrame]) -> None:
+    def detach(self, tap: FrameReader[av.AudioFrame | av.VideoFrame]) -> None:
         with self._lock:
             self._taps = tuple(t for t in self._taps if t is not tap)
 
