@@ -162,7 +162,8 @@ class Engine:
         self.media = MediaManager(send_signal=self.send_signal,
                                   transport=lambda: self.transport,
                                   state=lambda: self.state, publish=self._publish_event,
-                                  request_timeout=options.request_timeout)
+                                  request_timeout=options.request_timeout,
+                                  auto_subscribe=options.auto_subscribe)
         self._generations = itertools.count(1)
         self._signal: _SignalLink | None = None
         self._transport: _TransportLink | None = None
@@ -423,8 +424,9 @@ class Engine:
         assert link is not None and transport is not None
         # Before anything queued: tell the server where we stand, then send it what it
         # did not get.
-        await link.conn.send(rtc.SignalRequest(sync_state=transport.transport.sync_state(
-            self.inbox.receive_states())))
+        sync = transport.transport.sync_state(self.inbox.receive_states())
+        self.media.describe_for_resume(self.state.local, sync)
+        await link.conn.send(rtc.SignalRequest(sync_state=sync))
         lost_before = self.outbox.lost
         await self._replay(lambda: self.outbox.resend_after(last))
         if self.outbox.lost > lost_before:

@@ -46,6 +46,7 @@ class LocalTrackPublication(TrackPublication):
     def __init__(self, info: models.TrackInfo) -> None:
         super().__init__(info)
         self._options: TrackPublishOptions | None = None
+        self._info = info  # as the server accepted it (a resume names it again)
 
 
 class _Subscriptions(Protocol):

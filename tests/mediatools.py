@@ -42,3 +42,35 @@ def dominant_frequency(x: np.ndarray, sample_rate: int) -> float:
 
 def rms_dbfs(x: np.ndarray) -> float:
     return 20 * math.log10(max(float(np.sqrt(np.mean(x ** 2))), 1e-9))
+
+
+_QUADRANTS = {"top left": (255, 0, 0), "top right": (0, 255, 0),
+              "bottom left": (0, 0, 255), "bottom right": (255, 255, 255)}
+
+
+def quadrants(width: int, height: int) -> room.VideoFrame:
+    """An RGBA test picture: red, green / blue, white quadrants."""
+    img = np.zeros((height, width, 4), dtype=np.uint8)
+    img[..., 3] = 255
+    h2, w2 = height // 2, width // 2
+    img[:h2, :w2, :3] = _QUADRANTS["top left"]
+    img[:h2, w2:, :3] = _QUADRANTS["top right"]
+    img[h2:, :w2, :3] = _QUADRANTS["bottom left"]
+    img[h2:, w2:, :3] = _QUADRANTS["bottom right"]
+    return room.VideoFrame(width, height, room.VideoBufferType.RGBA, img.tobytes())
+
+
+def quadrant_colours(frame: room.VideoFrame) -> dict[str, tuple[int, int, int]]:
+    """The mean RGB of the middle of each quadrant of ``frame`` (any layout)."""
+    rgba = frame.convert(room.VideoBufferType.RGBA)
+    img = np.frombuffer(rgba.data, dtype=np.uint8).reshape(rgba.height, rgba.width, 4)
+    h, w = rgba.height, rgba.width
+    out = {}
+    for name, (ys, xs) in {"top left": (slice(h // 8, 3 * h // 8), slice(w // 8, 3 * w // 8)),
+                           "top right": (slice(h // 8, 3 * h // 8), slice(5 * w // 8, 7 * w // 8)),
+                           "bottom left": (slice(5 * h // 8, 7 * h // 8), slice(w // 8, 3 * w // 8)),
+                           "bottom right": (slice(5 * h // 8, 7 * h // 8),
+                                            slice(5 * w // 8, 7 * w // 8))}.items():
+        mean = img[ys, xs, :3].reshape(-1, 3).mean(axis=0)
+        out[name] = (int(mean[0]), int(mean[1]), int(mean[2]))
+    return out

@@ -189,6 +189,7 @@ class RoomMedia:
                       session.identity, sink.track_sid)
             return
         info.mid = sink.mid
+        sink.paused = info.muted
         pub = _Published(session, info)
         pub.sink = sink
         if sink.kind == "audio":
@@ -227,6 +228,8 @@ class RoomMedia:
                     pub = self._tracks.get(info.sid)
                     if pub is not None:
                         pub.info.muted = req.muted
+                        if pub.sink is not None:  # livekit-server forwards nothing muted
+                            pub.sink.paused = req.muted
                     self.room.changed(session)
                 return
         for key, info in self._pending.items():

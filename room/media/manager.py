@@ -74,7 +74,9 @@ class MediaManager:
     def __init__(self, *, send_signal: Callable[[rtc.SignalRequest], Awaitable[None]],
                  transport: Callable[[], RtcTransport | None],
                  state: Callable[[], RoomState | None],
-                 publish: Callable[[RoomEvent], None], request_timeout: float) -> None:
+                 publish: Callable[[RoomEvent], None], request_timeout: float,
+                 auto_subscribe: bool = True) -> None:
+        self._auto_subscribe = auto_subscribe
         self._send_signal = send_signal
         self._transport = transport
         self._state = state
@@ -172,6 +174,7 @@ class MediaManager:
             track._rtc = None
             raise
         publication = LocalTrackPublication(info)
+        publication._info = info
         publication.track = track
         publication._options = options
         track.sid = info.sid
@@ -225,6 +228,25 @@ class MediaManager:
                     await self._publish_now(local, track, options, publication.source)
                 except (RoomError, TimeoutError) as exc:
                     _log.error("could not republish %r after rejoining: %s", track, exc)
+
+    def describe_for_resume(self, local: LocalParticipant, sync: rtc.SyncState) -> None:
+        """What a resume's ``SyncState`` says about our tracks: the ones we publish (the
+        server checks it knows each of them) and the ones we do not want (with
+        auto_subscribe, the server sends everything else)."""
+        for publication in local._publications.values():
+            track = publication.track
+            if isinstance(publication, LocalTrackPublication) and isinstance(
+                    track, LocalTrack):
+                sync.publish_tracks.append(rtc.TrackPublishedResponse(
+                    cid=track._cid, track=publication._info))
+        state = self._state()
+        # With auto_subscribe the exceptions are the unwanted; without, the wanted.
+        listed = [] if state is None else [
+            publication.sid for participant in state.remote.values()
+            for publication in participant.track_publications.values()
+            if publication._wanted != self._auto_subscribe]
+        sync.subscription.CopyFrom(rtc.UpdateSubscription(
+            track_sids=listed, subscribe=not self._auto_subscribe))
 
     def set_track_muted(self, track: LocalTrack, muted: bool) -> None:
         """A local track was muted or unmuted: tell the server (in order, in the
@@ -321,7 +343,7 @@ class MediaManager:
         """A publication became known: a track that arrived before it is taken now."""
         publication = getattr(event, "publication", None)
         if isinstance(publication, RemoteTrackPublication):
-            publication._media = self
+            self._adopt(publication)
             orphan = self._orphans.get(publication.sid)
             if orphan is not None and publication._wanted and publication.track is None:
                 del self._orphans[publication.sid]
@@ -333,7 +355,12 @@ class MediaManager:
         """Make every known remote publication able to reach us (`set_subscribed`)."""
         for participant in state.remote.values():
             for publication in participant.track_publications.values():
-                publication._media = self
+                self._adopt(publication)
+
+    def _adopt(self, publication: RemoteTrackPublication) -> None:
+        if publication._media is None:
+            publication._media = self
+            publication._wanted = self._auto_subscribe
 
     def _subscribed(self, publication: RemoteTrackPublication,
                     participant: RemoteParticipant, sink: TrackSink) -> None:

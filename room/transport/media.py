@@ -324,6 +324,7 @@ class TrackSink:
         self._taps: tuple[FrameReader[av.AudioFrame | av.VideoFrame], ...] = ()
         self._lock = threading.Lock()
         self._ended = False
+        self.paused = False  # frames are dropped meanwhile (the dev server: muted)
 
     @property
     def participant_sid(self) -> str:
@@ -345,6 +346,8 @@ class TrackSink:
             self._taps = tuple(t for t in self._taps if t is not tap)
 
     def deliver(self, frame: av.AudioFrame | av.VideoFrame) -> None:
+        if self.paused:
+            return
         self.frames += 1
         for tap in self._taps:
             tap.push(frame)
