@@ -66,11 +66,11 @@ def quadrant_colours(frame: room.VideoFrame) -> dict[str, tuple[int, int, int]]:
     img = np.frombuffer(rgba.data, dtype=np.uint8).reshape(rgba.height, rgba.width, 4)
     h, w = rgba.height, rgba.width
     out = {}
-    for name, (ys, xs) in {"top left": (slice(h // 8, 3 * h // 8), slice(w // 8, 3 * w // 8)),
-                           "top right": (slice(h // 8, 3 * h // 8), slice(5 * w // 8, 7 * w // 8)),
-                           "bottom left": (slice(5 * h // 8, 7 * h // 8), slice(w // 8, 3 * w // 8)),
-                           "bottom right": (slice(5 * h // 8, 7 * h // 8),
-                                            slice(5 * w // 8, 7 * w // 8))}.items():
+    top, bottom = slice(h // 8, 3 * h // 8), slice(5 * h // 8, 7 * h // 8)
+    left, right = slice(w // 8, 3 * w // 8), slice(5 * w // 8, 7 * w // 8)
+    for name, (ys, xs) in {"top left": (top, left), "top right": (top, right),
+                           "bottom left": (bottom, left),
+                           "bottom right": (bottom, right)}.items():
         mean = img[ys, xs, :3].reshape(-1, 3).mean(axis=0)
         out[name] = (int(mean[0]), int(mean[1]), int(mean[2]))
     return out
