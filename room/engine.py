@@ -629,7 +629,7 @@ class Engine:
             ice_servers=servers, host_addresses=hosts,
             subscriber_primary=join.subscriber_primary,
             relay_only=config.ice_transport_type is IceTransportType.RELAY,
-            on_track=self._on_track)
+            on_track=self._on_track, on_track_failed=self._on_track_failed)
 
     async def _say_goodbye(self, conn: SignalConnection) -> None:
         leave = rtc.SignalRequest(leave=rtc.LeaveRequest(
@@ -730,6 +730,14 @@ class Engine:
             self.media.on_track_published(msg.track_published)
         elif which == "track_unpublished" and self.state is not None and not self._holding:
             self.media.on_track_unpublished(self.state.local, msg.track_unpublished.track_sid)
+        elif which == "track_subscribed" and self.state is not None and not self._holding:
+            self.media.on_local_track_subscribed(self.state.local,
+                                                 msg.track_subscribed.track_sid)
+        elif which == "subscription_response" and self.state is not None:
+            resp = msg.subscription_response
+            err = models.SubscriptionError.Name(resp.err) if resp.err in (
+                models.SubscriptionError.values()) else str(resp.err)
+            self.media.on_subscription_failed(resp.track_sid, err)
         elif which == "mute" and self.state is not None and not self._holding:
             self.media.on_server_mute(self.state.local, msg.mute)
         elif which in ("offer", "answer", "trickle"):
@@ -763,6 +771,11 @@ class Engine:
     def _publish_event(self, event: RoomEvent) -> None:
         if not self.closing:
             self.hub.publish(event)
+
+    def _on_track_failed(self, stream_id: str, track_sid: str, message: str) -> None:
+        """The subscriber connection was offered a track it cannot take (our loop)."""
+        if self.state is not None and not self.closing:
+            self.media.on_subscription_failed(track_sid, message)
 
     def _on_track(self, sink: TrackSink, started: bool) -> None:
         """The subscriber connection started or stopped carrying a track (our loop)."""

@@ -15,6 +15,7 @@ import room
 from room.events import (
     ActiveSpeakersChanged,
     LocalTrackPublished,
+    LocalTrackSubscribed,
     LocalTrackUnpublished,
     RoomEvent,
     TrackMuted,
@@ -118,7 +119,7 @@ async def test_a_published_tone_is_heard_at_its_frequency_and_level(
     async with server.connect("alice") as alice, server.connect("bob") as bob:
         await known(bob, "alice")
         events = bob.events(TrackPublished, TrackSubscribed)
-        mine = alice.events(LocalTrackPublished)
+        mine = alice.events(LocalTrackPublished, LocalTrackSubscribed)
         async with tone_track(alice, 440.0) as (track, pub):
             assert pub.sid.startswith("TR_") and track.sid == pub.sid
             assert pub.track is track and pub.kind is room.TrackKind.AUDIO
@@ -136,6 +137,9 @@ async def test_a_published_tone_is_heard_at_its_frequency_and_level(
             remote = bob.remote_participants["alice"]
             assert remote.track_publications[pub.sid] is ev.publication
             assert_tone(await listen(ev.track), 440.0)
+            # The publisher hears that its track has a subscriber.
+            told = await next_event(mine, LocalTrackSubscribed, timeout=10)
+            assert told.track is track
     assert client_tasks() == []
 
 

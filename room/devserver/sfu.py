@@ -139,6 +139,7 @@ class _Published:
         self.sink: TrackSink | None = None
         self.level: _Level | None = None
         self.subscribers: set[str] = set()  # identities
+        self.announced_subscribed = False
 
 
 class RoomMedia:
@@ -284,6 +285,11 @@ class RoomMedia:
             return
         pub.subscribers.add(session.identity)
         session.rtc.add_downtrack(pub.sink, pub.session.info.sid, pub.info.sid)
+        if not pub.announced_subscribed and not session.hidden:
+            # livekit-server tells a publisher once per track that it has a subscriber.
+            pub.announced_subscribed = True
+            pub.session.send(rtc.SignalResponse(track_subscribed=rtc.TrackSubscribed(
+                track_sid=pub.info.sid)))
 
     def _unsubscribe(self, session: Session, pub: _Published) -> None:
         if session.identity not in pub.subscribers:

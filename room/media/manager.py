@@ -27,10 +27,12 @@ from livekit.protocol import models, rtc
 from room.errors import ConnectionClosedError, RequestTimeoutError, RoomError
 from room.events._types import (
     LocalTrackPublished,
+    LocalTrackSubscribed,
     LocalTrackUnpublished,
     RoomEvent,
     TrackMuted,
     TrackSubscribed,
+    TrackSubscriptionFailed,
     TrackUnmuted,
     TrackUnpublished,
     TrackUnsubscribed,
@@ -85,6 +87,7 @@ class MediaManager:
         self._awaiting: dict[str, _Awaiting] = {}  # by cid
         self._lock = anyio.Lock()  # one publication change at a time
         self._orphans: dict[str, TrackSink] = {}  # received before their publication
+        self._subscribed_early: set[str] = set()  # track_subscribed before publish ended
         self._posts_in: MemoryObjectSendStream[rtc.SignalRequest]
         self._posts: MemoryObjectReceiveStream[rtc.SignalRequest]
         self._posts_in, self._posts = anyio.create_memory_object_stream[rtc.SignalRequest](
@@ -184,6 +187,9 @@ class MediaManager:
         _log.info("published %s track %r as %s", track.kind.name.lower(), track.name,
                   info.sid)
         self._publish(LocalTrackPublished(publication, track))
+        if info.sid in self._subscribed_early:
+            self._subscribed_early.discard(info.sid)
+            self._publish(LocalTrackSubscribed(track))
         return publication
 
     async def unpublish_track(self, local: LocalParticipant, track_sid: str) -> None:
@@ -277,6 +283,15 @@ class MediaManager:
         self._forget_local(local, publication, track)
         self._publish(LocalTrackUnpublished(publication))
 
+    def on_local_track_subscribed(self, local: LocalParticipant, track_sid: str) -> None:
+        """Someone subscribed to one of our tracks (the server says so once per track)."""
+        publication = local._publications.get(track_sid)
+        if isinstance(publication, LocalTrackPublication) and isinstance(
+                publication.track, LocalTrack):
+            self._publish(LocalTrackSubscribed(publication.track))
+        else:  # before our renegotiation is over: told once the publication is
+            self._subscribed_early.add(track_sid)
+
     def on_server_mute(self, local: LocalParticipant, req: rtc.MuteTrackRequest) -> None:
         """The server muted (or unmuted) one of our tracks."""
         publication = local._publications.get(req.sid)
@@ -329,6 +344,18 @@ class MediaManager:
             self._orphans[sink.track_sid] = sink
             return
         self._subscribed(publication, participant, sink)
+
+    def on_subscription_failed(self, track_sid: str, error: str) -> None:
+        """A track we are subscribed to cannot be delivered (its codec, most often):
+        `TrackSubscriptionFailed`; the room goes on."""
+        found = self._find(track_sid)
+        if found is None:
+            _log.warning("subscription to unknown track %s failed: %s", track_sid, error)
+            return
+        participant = found[1]
+        _log.warning("subscription to %s of %r failed: %s", track_sid,
+                     participant.identity, error)
+        self._publish(TrackSubscriptionFailed(participant, track_sid, error))
 
     def before_state_event(self, event: RoomEvent) -> list[RoomEvent]:
         """Events that must precede ``event`` (a subscribed track is unsubscribed before

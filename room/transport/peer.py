@@ -28,7 +28,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from room.transport.aio import report_handler_errors, uncancellable
 from room.transport.ice import candidate_from_json, use_host_addresses
 from room.transport.media import ReceiverPump, TrackSink
-from room.transport.sdp import media_sections
+from room.transport.sdp import MediaSection, decline_undecodable, media_sections
 
 __all__ = ["HIGH_WATER", "LOSSY", "LOW_WATER", "RELIABLE", "Peer"]
 
@@ -56,9 +56,11 @@ class Peer:
         host_addresses: Sequence[str] | None = None, on_data: OnData | None = None,
         on_state: OnState | None = None, relay_only: bool = False,
         on_track: OnTrack | None = None,
+        on_undecodable: Callable[[MediaSection], None] | None = None,
     ) -> None:
         self.name = name
         self._on_track = on_track
+        self._on_undecodable = on_undecodable
         self._pumps: dict[str, ReceiverPump] = {}  # by mid
         self._host_addresses = tuple(host_addresses) if host_addresses is not None else None
         self._on_data = on_data
@@ -99,9 +101,17 @@ class Peer:
         carries now, and ``on_track`` hears when a track starts or stops being carried.
         Without it, media m-lines are answered inactive (an aiortc receiver nobody drains
         would decode every frame into an unbounded queue)."""
+        declined: list[MediaSection] = []
+        if self._on_track is not None:
+            offer_sdp, declined = decline_undecodable(offer_sdp)
         with use_host_addresses(self._host_addresses):
             await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
             self._follow_ice_restart(offer_sdp)
+            for section in declined:
+                _log.info("%s: %s m-line %s declined: no codec we can decode in %s",
+                          self.name, section.kind, section.mid, section.codecs)
+                if self._on_undecodable is not None and section.track_id:
+                    self._on_undecodable(section)
             if self._on_track is None:
                 for transceiver in self.pc.getTransceivers():
                     if transceiver.kind in ("audio", "video") and (

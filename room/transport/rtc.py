@@ -27,6 +27,7 @@ from room.transport.aio import aiortc_loop, call_soon_in_caller
 from room.transport.ice import candidate_to_json, sdp_candidates
 from room.transport.media import TrackSink
 from room.transport.peer import HIGH_WATER, LOSSY, LOW_WATER, RELIABLE, Peer
+from room.transport.sdp import MediaSection
 
 __all__ = ["LOSSY", "RELIABLE", "RtcTransport"]
 
@@ -51,8 +52,10 @@ class RtcTransport:
         ice_servers: Sequence[RTCIceServer], host_addresses: Sequence[str] | None,
         subscriber_primary: bool = True, relay_only: bool = False,
         on_track: Callable[[TrackSink, bool], None] | None = None,
+        on_track_failed: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self._on_track = on_track
+        self._on_track_failed = on_track_failed
         self._relay_only = relay_only
         self._subscriber_primary = subscriber_primary
         self._send_signal = send_signal
@@ -120,11 +123,20 @@ class RtcTransport:
             if on_track is not None:
                 soon(lambda: on_track(sink, started))
 
+        on_track_failed = self._on_track_failed
+
+        def undecodable(section: MediaSection) -> None:
+            if on_track_failed is not None:
+                message = f"no codec this client can decode (offered: {section.codecs})"
+                soon(lambda: on_track_failed(section.stream_id, section.track_id, message))
+
         async def make(name: str) -> Peer:
+            subscriber = name == "subscriber"
             return Peer(name=name, ice_servers=self._ice_servers,
                         host_addresses=self._host_addresses, on_data=on_data,
                         on_state=on_state(name), relay_only=self._relay_only,
-                        on_track=track_changed if name == "subscriber" else None)
+                        on_track=track_changed if subscriber else None,
+                        on_undecodable=undecodable if subscriber else None)
 
         self._publisher = await self._loop.run(make, "publisher", on_orphan=Peer.close)
         self._subscriber = await self._loop.run(make, "subscriber", on_orphan=Peer.close)

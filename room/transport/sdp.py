@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["MediaSection", "media_sections"]
+__all__ = ["DECODABLE", "MediaSection", "decline_undecodable", "media_sections", "undecodable"]
 
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
@@ -71,3 +71,57 @@ def media_sections(sdp: str) -> list[MediaSection]:
             if codec:
                 current.codecs.append(codec.strip())
     return out
+
+
+# What aiortc decodes (codec names as in rtpmap, lower case); rtx/red/ulpfec are not
+# codecs of their own.
+DECODABLE = {"audio": frozenset({"opus", "pcmu", "pcma", "g722"}),
+             "video": frozenset({"vp8", "h264"})}
+_NOT_MEDIA = frozenset({"rtx", "red", "ulpfec", "flexfec-03", "telephone-event", "cn"})
+
+
+def undecodable(section: MediaSection) -> bool:
+    """Whether an offered section sends media in no codec aiortc can decode."""
+    names = set(section.codec_names) - _NOT_MEDIA
+    return section.sends and not (names & DECODABLE.get(section.kind, frozenset()))
+
+
+def decline_undecodable(sdp: str) -> tuple[str, list[MediaSection]]:
+    """``sdp`` with each section that `undecodable` finds made inactive and given a codec
+    aiortc knows (aiortc refuses a whole offer with a section it cannot decode; the
+    answer then declines just that section), and the sections so declined."""
+    sections = media_sections(sdp)
+    declined = [s for s in sections if undecodable(s)]
+    if not declined:
+        return sdp, []
+    out: list[str] = []
+    queue = iter(sections)
+    section: MediaSection | None = None
+    rtpmap: str | None = None  # the stand-in codec, written before the section's first a=
+    eol = "\r\n" if "\r\n" in sdp else "\n"
+    for raw in sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            kind = line[2:].split(" ", 1)[0]
+            section = next(queue, None) if kind in ("audio", "video") else None
+        if section is None or all(section is not d for d in declined):
+            out.append(raw)
+            continue
+        if line.startswith("m="):
+            parts = line.split()
+            payload = parts[3] if len(parts) > 3 else "96"
+            out.append(" ".join([*parts[:3], payload]))
+            codec = "opus/48000/2" if section.kind == "audio" else "VP8/90000"
+            rtpmap = f"a=rtpmap:{payload} {codec}"
+            continue
+        if line.startswith("a=") and rtpmap is not None:
+            out.append(rtpmap)
+            rtpmap = None
+        attr = line[2:].split(":", 1)[0] if line.startswith("a=") else ""
+        if attr in ("rtpmap", "fmtp", "rtcp-fb", "ssrc", "ssrc-group"):
+            continue
+        if attr in ("sendrecv", "sendonly"):
+            out.append("a=inactive")
+            continue
+        out.append(raw)
+    return eol.join(out) + eol, declined
