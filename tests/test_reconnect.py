@@ -452,3 +452,80 @@ async def test_a_media_partition_is_survived(
               f"data flowing {flowing:.1f} s after it healed; sent {stream.sent}, "
               f"lost {lost} (in flight to a dead connection), duplicated 0")
     assert client_tasks() == []
+
+
+async def test_after_a_rejoin_tracks_are_republished_and_heard_again(
+        server: Server, figures: Figures) -> None:
+    """The server dies and comes back empty: both clients rejoin; alice's track is published
+    again (a new sid, announced as unpublished then published), bob's old stream ends and
+    the new subscription carries the tone."""
+    from room.events import (
+        LocalTrackPublished,
+        LocalTrackUnpublished,
+        TrackSubscribed,
+    )
+    from tests.test_media import MIC, assert_tone, listen, play
+
+    async with proxied(server) as proxy, \
+            connect(server, proxy, "alice") as alice, connect(server, proxy, "bob") as bob:
+        await known(bob, "alice")
+        heard = bob.events(TrackSubscribed)
+        mine = alice.events(LocalTrackUnpublished, LocalTrackPublished)
+        source = room.AudioSource(48000, 1)
+        track = room.LocalAudioTrack.create_audio_track("mic", source)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(play, source, (440.0,))
+            pub = await alice.local_participant.publish_track(track, MIC)
+            await next_event(mine, LocalTrackPublished)
+            first = await next_event(heard, TrackSubscribed, timeout=15)
+            old_stream = room.AudioStream(first.track)
+            started = time.monotonic()
+            await crash_and_restart(server, proxy)
+            gone = await next_event(mine, LocalTrackUnpublished, timeout=30)
+            assert gone.publication is pub
+            again = await next_event(mine, LocalTrackPublished, timeout=30)
+            assert again.track is track and again.publication.sid != pub.sid
+            assert track.sid == again.publication.sid
+            with anyio.fail_after(10):
+                async for _ in old_stream:
+                    pass  # it ends
+            second = await next_event(heard, TrackSubscribed, timeout=30)
+            assert second.publication.sid == again.publication.sid
+            took = time.monotonic() - started
+            assert_tone(await listen(second.track, frames=100), 440.0)
+            tg.cancel_scope.cancel()
+        figures(f"[{server.kind}] crash + restart with a published tone: heard again "
+                f"after {took:.1f} s")
+    assert client_tasks() == []
+
+
+async def test_a_resume_keeps_tracks_and_streams(server: Server) -> None:
+    """Signalling cut three times while a tone plays: each cut is a resume (same session:
+    the server is told which tracks we publish and accepts them), the subscription is
+    never dropped and the stream goes on."""
+    from room.events import TrackSubscribed, TrackUnpublished, TrackUnsubscribed
+    from tests.test_media import MIC, assert_tone, listen, play
+
+    async with proxied(server) as proxy, \
+            connect(server, proxy, "alice") as alice, connect(server, proxy, "bob") as bob:
+        await known(bob, "alice")
+        heard = bob.events(TrackSubscribed, TrackUnsubscribed, TrackUnpublished)
+        source = room.AudioSource(48000, 1)
+        track = room.LocalAudioTrack.create_audio_track("mic", source)
+        sid = alice.local_participant.sid
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(play, source, (440.0,))
+            pub = await alice.local_participant.publish_track(track, MIC)
+            ev = await next_event(heard, TrackSubscribed, timeout=15)
+            for _ in range(3):
+                await anyio.sleep(0.5)
+                assert proxy.cut() == 2
+                await wait_until(lambda: alice.connection_state is not
+                                 ConnectionState.CONNECTED, timeout=5.0)
+                await until_connected(alice, bob)
+            assert alice.local_participant.sid == sid and track.sid == pub.sid
+            assert_tone(await listen(ev.track, frames=100), 440.0)
+            tg.cancel_scope.cancel()
+        with anyio.move_on_after(0.5):
+            async for other in heard:
+                raise AssertionError(f"the subscription changed: {other}")
