@@ -14,6 +14,7 @@ import pytest
 import room
 from room.events import (
     ActiveSpeakersChanged,
+    ConnectionQualityChanged,
     LocalTrackPublished,
     LocalTrackSubscribed,
     LocalTrackUnpublished,
@@ -344,3 +345,23 @@ async def test_publishing_without_permission_is_refused(server: Server) -> None:
         with pytest.raises(room.PublishTrackError, match="canPublish"):
             await viewer.local_participant.publish_track(track, MIC)
     await wait_until(lambda: client_tasks() == [])
+
+
+async def test_connection_quality_is_reported_for_a_publisher_we_receive(
+        server: Server) -> None:
+    """Both servers report the quality of our own connection and of the publishers we
+    receive (every 5 s, when new or changed)."""
+    async with server.connect("alice") as alice, server.connect("bob") as bob:
+        await known(bob, "alice")
+        quality = bob.events(ConnectionQualityChanged)
+        async with tone_track(alice, 440.0):
+            seen: dict[str, room.ConnectionQuality] = {}
+            with anyio.fail_after(20):
+                async for ev in quality:
+                    assert isinstance(ev, ConnectionQualityChanged)
+                    seen[ev.participant.identity] = ev.quality
+                    if {"alice", "bob"} <= set(seen):
+                        break
+            assert seen["alice"] in (room.ConnectionQuality.EXCELLENT,
+                                     room.ConnectionQuality.GOOD), seen
+            assert bob.remote_participants["alice"].connection_quality is seen["alice"]

@@ -97,6 +97,8 @@ class Session:
         self.failed_until: float | None = None
         # Whether it is sent every published track (the join's ``auto_subscribe``).
         self.auto_subscribe = True
+        # The participants whose connection quality it has been told (sids).
+        self.quality_told: set[str] = set()
 
     @property
     def subscriber_primary(self) -> bool:

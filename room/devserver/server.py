@@ -25,7 +25,7 @@ from room.devserver.auth import AuthError, Grants, mint_token, verify_token
 from room.devserver.http import HttpRequest, Reject, Response, WebSocket, serve_connection
 from room.devserver.rooms import DevRoom, Session
 from room.devserver.service import ROOM_SERVICE_PATH, RoomService, TwirpError
-from room.devserver.sfu import SPEAKER_INTERVAL
+from room.devserver.sfu import QUALITY_INTERVAL, SPEAKER_INTERVAL
 from room.devserver.webrtc import SessionRtc
 from room.transport.ice import DEVSERVER_NODE_ID, resolve_host, server_host_addresses
 from room.transport.peer import RELIABLE
@@ -347,11 +347,19 @@ class DevServer:
                 r.flush()
 
     async def _speaker_loop(self) -> None:
-        """Announce who speaks, every `sfu.SPEAKER_INTERVAL` seconds."""
+        """Announce who speaks, every `sfu.SPEAKER_INTERVAL` seconds, and connection
+        quality every `sfu.QUALITY_INTERVAL` seconds."""
+        rounds = 0
         while True:
             await anyio.sleep(SPEAKER_INTERVAL)
+            rounds += 1
+            quality = rounds * SPEAKER_INTERVAL >= QUALITY_INTERVAL
+            if quality:
+                rounds = 0
             for r in list(self._rooms.values()):
                 r.media.measure_speakers()
+                if quality:
+                    r.media.report_quality()
 
     async def _accept_loop(self) -> None:
         assert self._listener is not None and self._connections is not None
