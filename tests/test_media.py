@@ -155,7 +155,9 @@ async def test_stereo_keeps_its_channels_apart(server: Server) -> None:
             assert_tone(frames, 660.0, channel=1)
 
 
-async def test_video_arrives_with_its_size_and_colours(server: Server) -> None:
+@pytest.mark.parametrize("codec", [room.VideoCodec.VP8, room.VideoCodec.H264])
+async def test_video_arrives_with_its_size_and_colours(server: Server,
+                                                      codec: room.VideoCodec) -> None:
     async with server.connect("alice") as alice, server.connect("bob") as bob:
         await known(bob, "alice")
         events = bob.events(TrackSubscribed)
@@ -163,8 +165,10 @@ async def test_video_arrives_with_its_size_and_colours(server: Server) -> None:
         track = room.LocalVideoTrack.create_video_track("cam", source)
         async with anyio.create_task_group() as tg:
             tg.start_soon(show, source)
-            pub = await alice.local_participant.publish_track(track, CAMERA)
+            pub = await alice.local_participant.publish_track(track, room.TrackPublishOptions(
+                source=room.TrackSource.CAMERA, video_codec=codec))
             assert pub.kind is room.TrackKind.VIDEO
+            assert pub.mime_type.lower() == f"video/{codec.name.lower()}", pub.mime_type
             ev = await subscribed(events, pub.sid)
             assert isinstance(ev.track, room.RemoteVideoTrack)
             seen = 0

@@ -171,8 +171,7 @@ class RoomMedia:
                 width=req.width, height=req.height, disable_dtx=req.disable_dtx,
                 source=req.source, layers=list(req.layers), stereo=req.stereo,
                 disable_red=req.disable_red, stream=req.stream or (
-                    "camera" if req.type == models.TrackType.VIDEO else ""),
-                mime_type=_MIME["video" if req.type == models.TrackType.VIDEO else "audio"])
+                    "camera" if req.type == models.TrackType.VIDEO else ""))
             self._pending[key] = info
         session.send(rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(
             cid=req.cid, track=info)))
@@ -191,6 +190,9 @@ class RoomMedia:
                       session.identity, sink.track_sid)
             return
         info.mid = sink.mid
+        # Known once the media is negotiated (livekit-server too leaves it out of the
+        # track_published answer).
+        info.mime_type = sink.mime_type or _MIME[sink.kind]
         sink.paused = info.muted
         pub = _Published(session, info)
         pub.sink = sink

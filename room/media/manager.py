@@ -171,11 +171,13 @@ class MediaManager:
         rtc_track = track._make_rtc()
         codec = options.codec_name if track.kind is TrackKind.VIDEO else None
         try:
-            await transport.add_track(rtc_track, codec=codec)
+            mime_type = await transport.add_track(rtc_track, codec=codec)
         except BaseException:
             rtc_track.stop()
             track._rtc = None
             raise
+        if mime_type and not info.mime_type:  # livekit-server fills it in later
+            info.mime_type = mime_type
         publication = LocalTrackPublication(info)
         publication._info = info
         publication.track = track

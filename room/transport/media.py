@@ -325,6 +325,7 @@ class TrackSink:
         self._lock = threading.Lock()
         self._ended = False
         self.paused = False  # frames are dropped meanwhile (the dev server: muted)
+        self.mime_type = ""  # the codec it arrives in, e.g. "video/VP8"
 
     @property
     def participant_sid(self) -> str:

@@ -148,6 +148,8 @@ class Peer:
             else:
                 wanted = TrackSink(track_sid=section.track_id, stream_id=section.stream_id,
                                    kind=transceiver.kind, mid=mid)
+                codecs = getattr(transceiver, "_codecs", None) or []
+                wanted.mime_type = str(codecs[0].mimeType) if codecs else ""
             if wanted is old:
                 continue
             pump.carry(wanted)
@@ -166,6 +168,14 @@ class Peer:
             if not any(c.mimeType.lower() != f"{track.kind}/rtx" for c in wanted):
                 raise ValueError(f"aiortc cannot send {codec}")
             transceiver.setCodecPreferences(wanted)
+
+    async def sender_codec(self, track: MediaStreamTrack) -> str:
+        """The MIME type negotiated for sending ``track`` ("" before an answer)."""
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.sender.track is track:
+                codecs = getattr(transceiver, "_codecs", None) or []
+                return str(codecs[0].mimeType) if codecs else ""
+        return ""
 
     async def remove_sender(self, track: MediaStreamTrack) -> bool:
         """Stop sending ``track``: its m-line goes inactive. False if it was not sent."""

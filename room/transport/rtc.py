@@ -196,13 +196,15 @@ class RtcTransport:
 
     # -- media we send ------------------------------------------------------------------
 
-    async def add_track(self, track: MediaStreamTrack, *, codec: str | None = None) -> None:
+    async def add_track(self, track: MediaStreamTrack, *, codec: str | None = None) -> str:
         """Send ``track`` on a new sendonly m-line of the publisher connection (its id is
         the track's cid, which is how the server recognizes it), negotiated before this
-        returns. ``codec`` ("vp8", "h264", ...) restricts the m-line to that codec."""
+        returns; the MIME type negotiated. ``codec`` ("vp8", "h264", ...) restricts the
+        m-line to that codec."""
         assert self._publisher is not None
         await self._loop.run(self._publisher.add_sender, track, codec)
         await self.negotiate()
+        return await self._loop.run(self._publisher.sender_codec, track)
 
     async def remove_track(self, track: MediaStreamTrack) -> None:
         """Stop sending ``track``; its m-line goes inactive (negotiated before return)."""
