@@ -63,6 +63,9 @@ class Participant:
 class RemoteParticipant(Participant):
     """Another participant in the room."""
 
+    # The room's media manager, once the participant is in a live room (set by it).
+    _media: MediaManager | None = None
+
     @property
     def track_publications(self) -> Mapping[str, RemoteTrackPublication]:
         return MappingProxyType(self._publications)  # type: ignore[arg-type]

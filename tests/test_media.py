@@ -369,3 +369,33 @@ async def test_connection_quality_is_reported_for_a_publisher_we_receive(
             assert seen["alice"] in (room.ConnectionQuality.EXCELLENT,
                                      room.ConnectionQuality.GOOD), seen
             assert bob.remote_participants["alice"].connection_quality is seen["alice"]
+
+
+async def test_a_stream_from_a_participant_waits_for_its_microphone(server: Server) -> None:
+    """`AudioStream.from_participant` before the participant publishes: the stream waits,
+    then carries the microphone once it is subscribed; one made for a participant who
+    leaves without publishing just ends."""
+    async with server.connect("alice") as alice, server.connect("bob") as bob:
+        await known(bob, "alice")
+        stream = room.AudioStream.from_participant(
+            participant=bob.remote_participants["alice"],
+            track_source=room.TrackSource.MICROPHONE, sample_rate=16000)
+        assert stream.track is None
+        async with tone_track(alice, 440.0) as (_, pub):
+            got = []
+            with anyio.fail_after(20):
+                async for frame in stream:
+                    got.append(frame)
+                    if len(got) == 150:
+                        break
+            assert stream.track is not None and stream.track.sid == pub.sid
+            assert_tone(got[50:], 440.0)
+            await stream.aclose()
+        async with server.connect("carol") as carol:
+            await known(bob, "carol")
+            waiting = room.AudioStream.from_participant(
+                participant=bob.remote_participants["carol"],
+                track_source=room.TrackSource.MICROPHONE)
+            del carol
+        with anyio.fail_after(15):
+            assert [f async for f in waiting] == []

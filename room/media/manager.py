@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
+import av
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from livekit.protocol import models, rtc
 
@@ -29,6 +31,7 @@ from room.events._types import (
     LocalTrackPublished,
     LocalTrackSubscribed,
     LocalTrackUnpublished,
+    ParticipantDisconnected,
     RoomEvent,
     TrackMuted,
     TrackSubscribed,
@@ -38,6 +41,7 @@ from room.events._types import (
     TrackUnsubscribed,
 )
 from room.options import TrackPublishOptions
+from room.participant import RemoteParticipant as RemoteParticipantType
 from room.publication import LocalTrackPublication, RemoteTrackPublication
 from room.track import (
     LocalAudioTrack,
@@ -47,7 +51,7 @@ from room.track import (
     RemoteTrack,
     RemoteVideoTrack,
 )
-from room.transport.media import TrackSink
+from room.transport.media import FrameReader, TrackSink
 from room.types import TrackKind, TrackSource
 
 if TYPE_CHECKING:
@@ -70,6 +74,15 @@ class _Awaiting:
         self.info: models.TrackInfo | None = None
 
 
+@dataclass(slots=True)
+class _TrackWaiter:
+    participant_sid: str
+    kind: TrackKind
+    source: TrackSource
+    tap: FrameReader[av.AudioFrame | av.VideoFrame]
+    bind: Callable[[TrackSink, RemoteTrack], None]
+
+
 class MediaManager:
     """Publications and subscriptions of one room (see the module docstring)."""
 
@@ -88,6 +101,7 @@ class MediaManager:
         self._lock = anyio.Lock()  # one publication change at a time
         self._orphans: dict[str, TrackSink] = {}  # received before their publication
         self._subscribed_early: set[str] = set()  # track_subscribed before publish ended
+        self._track_waiters: list[_TrackWaiter] = []  # `AudioStream.from_participant`
         self._posts_in: MemoryObjectSendStream[rtc.SignalRequest]
         self._posts: MemoryObjectReceiveStream[rtc.SignalRequest]
         self._posts_in, self._posts = anyio.create_memory_object_stream[rtc.SignalRequest](
@@ -366,10 +380,29 @@ class MediaManager:
             publication, participant = event.publication, event.participant
             self._orphans.pop(publication.sid, None)
             return self._unsubscribed(publication, participant, emit=False)
+        if isinstance(event, ParticipantDisconnected):
+            sid = event.participant.sid
+            for waiter in [w for w in self._track_waiters if w.participant_sid == sid]:
+                self._track_waiters.remove(waiter)
+                waiter.tap.close()
         return []
+
+    def wait_for_track(self, participant: RemoteParticipant, kind: TrackKind,
+                       source: TrackSource, tap: FrameReader[av.AudioFrame | av.VideoFrame],
+                       bind: Callable[[TrackSink, RemoteTrack], None]) -> None:
+        """A stream waiting for ``participant``'s next ``kind`` track from ``source``:
+        attached to it once subscribed (`bind` is told); closed if the participant
+        leaves first or the room ends."""
+        if self._closed:
+            tap.close()
+            return
+        self._track_waiters.append(_TrackWaiter(participant.sid, kind, source, tap, bind))
 
     def after_state_event(self, event: RoomEvent) -> None:
         """A publication became known: a track that arrived before it is taken now."""
+        participant = getattr(event, "participant", None)
+        if isinstance(participant, RemoteParticipantType):
+            participant._media = self
         publication = getattr(event, "publication", None)
         if isinstance(publication, RemoteTrackPublication):
             self._adopt(publication)
@@ -383,6 +416,7 @@ class MediaManager:
     def adopt(self, state: RoomState) -> None:
         """Make every known remote publication able to reach us (`set_subscribed`)."""
         for participant in state.remote.values():
+            participant._media = self
             for publication in participant.track_publications.values():
                 self._adopt(publication)
 
@@ -400,6 +434,12 @@ class MediaManager:
         track.muted = publication.muted
         publication.track = track
         publication.subscribed = True
+        for waiter in list(self._track_waiters):
+            if (waiter.participant_sid == participant.sid and waiter.kind is track.kind
+                    and waiter.source == publication.source):
+                self._track_waiters.remove(waiter)
+                sink.attach(waiter.tap)
+                waiter.bind(sink, track)
         self._publish(TrackSubscribed(track, publication, participant))
 
     def _unsubscribed(self, publication: RemoteTrackPublication,
@@ -436,6 +476,9 @@ class MediaManager:
         """The room is over: every received track ends."""
         self._closed = True
         self._posts_in.close()
+        for waiter in self._track_waiters:
+            waiter.tap.close()
+        self._track_waiters.clear()
         for awaiting in self._awaiting.values():
             awaiting.done.set()
         for sink in self._orphans.values():

@@ -44,13 +44,14 @@ def _sink_of(track: Track, kind: TrackKind, what: str) -> TrackSink:
 class _FrameStream:
     """What both streams share: the tap, the wake-up, the end."""
 
-    def __init__(self, sink: TrackSink, capacity: int) -> None:
-        self._sink = sink
+    def __init__(self, sink: TrackSink | None, capacity: int) -> None:
+        self._sink = sink  # None while waiting for the track (`from_participant`)
         self._tap: FrameTap[av.AudioFrame | av.VideoFrame] = FrameTap(
             capacity, call_soon_in_caller())
         self._ready: anyio.Event | None = None
         self._tap.on_ready(self._wake)
-        sink.attach(self._tap)
+        if sink is not None:
+            sink.attach(self._tap)
 
     @property
     def dropped(self) -> int:
@@ -76,7 +77,8 @@ class _FrameStream:
 
     async def aclose(self) -> None:
         """End the stream now (idempotent)."""
-        self._sink.detach(self._tap)
+        if self._sink is not None:
+            self._sink.detach(self._tap)
         self._tap.close()
 
     async def __aenter__(self) -> Self:
@@ -94,6 +96,10 @@ class AudioStream(_FrameStream):
 
     def __init__(self, track: Track, *, sample_rate: int = 48000, num_channels: int = 1,
                  frame_size_ms: int = 10, capacity: int | None = None) -> None:
+        self._setup(track, sample_rate, num_channels, frame_size_ms, capacity)
+
+    def _setup(self, track: Track | None, sample_rate: int, num_channels: int,
+               frame_size_ms: int, capacity: int | None) -> None:
         if not isinstance(sample_rate, int) or not 8000 <= sample_rate <= 192_000:
             raise ValueError(f"sample_rate must be an int in 8000..192000, not {sample_rate!r}")
         if num_channels not in (1, 2):
@@ -104,7 +110,7 @@ class AudioStream(_FrameStream):
             capacity = max(1, 1000 // frame_size_ms)
         if not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be a positive int, not {capacity!r}")
-        sink = _sink_of(track, TrackKind.AUDIO, "AudioStream")
+        sink = None if track is None else _sink_of(track, TrackKind.AUDIO, "AudioStream")
         # The tap holds received packets (20 ms each), enough for ``capacity`` frames.
         super().__init__(sink, math.ceil(capacity * frame_size_ms / 1000 / AUDIO_PTIME) + 1)
         self.track = track
@@ -119,16 +125,35 @@ class AudioStream(_FrameStream):
 
     @classmethod
     def from_participant(cls, *, participant: RemoteParticipant,
-                         track_source: TrackSource, **options: int | None) -> AudioStream:
-        """A stream of ``participant``'s subscribed audio track from ``track_source``
-        (e.g. `TrackSource.MICROPHONE`). Raises LookupError if there is none."""
+                         track_source: TrackSource, sample_rate: int = 48000,
+                         num_channels: int = 1, frame_size_ms: int = 10,
+                         capacity: int | None = None) -> AudioStream:
+        """A stream of ``participant``'s audio track from ``track_source`` (e.g.
+        `TrackSource.MICROPHONE`): the one subscribed now, or else the first one
+        subscribed from now on (the stream waits for it). It ends with that track, or
+        when the participant leaves first."""
+        source = TrackSource(track_source)
         for publication in participant.track_publications.values():
             track = publication.track
-            if (publication.kind is TrackKind.AUDIO and publication.source == track_source
+            if (publication.kind is TrackKind.AUDIO and publication.source == source
                     and track is not None):
-                return cls(track, **options)  # type: ignore[arg-type]
-        raise LookupError(f"{participant.identity!r} has no subscribed audio track from "
-                          f"{TrackSource(track_source).name}")
+                return cls(track, sample_rate=sample_rate, num_channels=num_channels,
+                           frame_size_ms=frame_size_ms, capacity=capacity)
+        media = participant._media
+        if media is None:
+            from room.errors import ConnectionClosedError
+
+            raise ConnectionClosedError(f"{participant!r} is not in a live room")
+        stream = cls.__new__(cls)
+        stream._setup(None, sample_rate, num_channels, frame_size_ms, capacity)
+        media.wait_for_track(participant, TrackKind.AUDIO, source, stream._tap,
+                             stream._bind)
+        return stream
+
+    def _bind(self, sink: TrackSink, track: Track) -> None:
+        """The track a waiting stream was waiting for (its tap is attached already)."""
+        self._sink = sink
+        self.track = track
 
     def __aiter__(self) -> Self:
         return self
