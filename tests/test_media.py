@@ -399,3 +399,31 @@ async def test_a_stream_from_a_participant_waits_for_its_microphone(server: Serv
             del carol
         with anyio.fail_after(15):
             assert [f async for f in waiting] == []
+
+
+async def test_media_nobody_reads_does_not_pile_up(server: Server) -> None:
+    """aiortc decodes every received frame into a queue with no bound; the pump drains it
+    whether or not anyone reads, so after seconds of unread audio and video it is empty
+    (give or take the frame in hand)."""
+    async with server.connect("alice") as alice, server.connect("bob") as bob:
+        await known(bob, "alice")
+        events = bob.events(TrackSubscribed)
+        source = room.VideoSource(160, 120)
+        video = room.LocalVideoTrack.create_video_track("cam", source)
+        async with tone_track(alice, 440.0), anyio.create_task_group() as tg:
+            tg.start_soon(show, source)
+            await alice.local_participant.publish_track(video, CAMERA)
+            kinds = set()
+            while len(kinds) < 2:
+                ev = await next_event(events, TrackSubscribed, timeout=15)
+                kinds.add(ev.track.kind)
+            await anyio.sleep(3.0)
+            transport = bob._engine.transport
+            assert transport is not None and transport._subscriber is not None
+            pumps = list(transport._subscriber._pumps.values())
+            assert len(pumps) >= 2
+            frames = sum(p.sink.frames for p in pumps if p.sink is not None)
+            assert frames > 100, frames  # media did arrive ...
+            backlog = [p.track._queue.qsize() for p in pumps]  # ... and did not pile up
+            assert max(backlog) <= 3, backlog
+            tg.cancel_scope.cancel()
