@@ -427,3 +427,40 @@ async def test_media_nobody_reads_does_not_pile_up(server: Server) -> None:
             backlog = [p.track._queue.qsize() for p in pumps]  # ... and did not pile up
             assert max(backlog) <= 3, backlog
             tg.cancel_scope.cancel()
+
+
+async def test_a_media_call_leaves_no_task_behind() -> None:
+    """Rooms and a dev server that published, forwarded and read audio and video: once they
+    are gone, so is every task they started, on our loop and on the aiortc loop."""
+    from room.devserver import DevServer
+    from tests.helpers import aiortc_tasks
+
+    before = await aiortc_tasks()
+    async with DevServer(presence_interval=0) as dev, \
+            room.Room.connect(dev.url, dev.token("alice", room="r")) as alice, \
+            room.Room.connect(dev.url, dev.token("bob", room="r")) as bob:
+        await known(bob, "alice")
+        events = bob.events(TrackSubscribed)
+        source = room.VideoSource(160, 120)
+        video = room.LocalVideoTrack.create_video_track("cam", source)
+        async with tone_track(alice, 440.0), anyio.create_task_group() as tg:
+            tg.start_soon(show, source)
+            await alice.local_participant.publish_track(video, CAMERA)
+            for _ in range(2):
+                ev = await next_event(events, TrackSubscribed, timeout=15)
+                stream: room.AudioStream | room.VideoStream = (
+                    room.AudioStream(ev.track) if ev.track.kind is room.TrackKind.AUDIO
+                    else room.VideoStream(ev.track))
+                async for _ in stream:
+                    break
+            tg.cancel_scope.cancel()
+    assert client_tasks() == []
+    left: list[int] = []
+
+    async def settled() -> bool:
+        left.append(await aiortc_tasks())
+        return left[-1] <= before
+
+    with anyio.fail_after(10):
+        while not await settled():
+            await anyio.sleep(0.2)
