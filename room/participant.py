@@ -297,8 +297,10 @@ class LocalParticipant(Participant):
                             options: TrackPublishOptions | None = None
                             ) -> LocalTrackPublication:
         """Publish ``track``; returns its publication once the server has accepted it and
-        the track's media is negotiated (the others see `TrackPublished`). Cancelled
-        midway, the track is not published (the server forgets its half)."""
+        the track's media is negotiated (the others see `TrackPublished`). Cancelled or
+        failing midway, the track is not published: its m-line, if already negotiated,
+        is taken away again (what the server accepted without media is never announced
+        to others)."""
         from room.options import TrackPublishOptions
 
         engine = self._require_engine()

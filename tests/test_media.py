@@ -464,3 +464,38 @@ async def test_a_media_call_leaves_no_task_behind() -> None:
     with anyio.fail_after(10):
         while not await settled():
             await anyio.sleep(0.2)
+
+
+async def test_a_publish_cancelled_midway_publishes_nothing(server: Server) -> None:
+    """Cancelled at any point (before the server accepts the track, during the
+    renegotiation), publish_track leaves no half-published track behind: whatever the
+    others saw published is unpublished again, the room stays connected, and the same
+    track can be published afterwards."""
+    async with server.connect("alice") as alice, server.connect("bob") as bob:
+        await known(bob, "alice")
+        seen = bob.events(TrackPublished, TrackUnpublished)
+        source = room.AudioSource(48000, 1)
+        track = room.LocalAudioTrack.create_audio_track("mic", source)
+        cancelled = 0
+        for delay in (0.0, 0.002, 0.005, 0.01, 0.02, 0.05):
+            with anyio.move_on_after(delay) as scope:
+                pub = await alice.local_participant.publish_track(track, MIC)
+            if scope.cancelled_caught:
+                cancelled += 1
+                assert track.publication is None and track.sid == ""
+            else:  # it made it in time
+                await alice.local_participant.unpublish_track(pub.sid)
+        assert cancelled >= 2
+        assert not alice.local_participant.track_publications
+        assert alice.connection_state is room.ConnectionState.CONNECTED
+        await anyio.sleep(3)
+        assert not bob.remote_participants["alice"].track_publications
+        published, unpublished = set(), set()
+        with anyio.move_on_after(0.5):
+            async for ev in seen:
+                (published if isinstance(ev, TrackPublished) else unpublished).add(
+                    ev.publication.sid)
+        assert published == unpublished
+        pub = await alice.local_participant.publish_track(track, MIC)
+        ev = await next_event(seen, TrackPublished, timeout=15)
+        assert ev.publication.sid == pub.sid

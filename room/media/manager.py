@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -152,7 +154,9 @@ class MediaManager:
     async def _publish_now(self, local: LocalParticipant, track: LocalTrack,
                            options: TrackPublishOptions, source: TrackSource
                            ) -> LocalTrackPublication:
-        cid = track._cid
+        # A fresh cid per attempt: livekit-server queues a request whose cid an earlier,
+        # abandoned attempt still holds.
+        cid = track._cid = str(uuid.uuid4())
         request = rtc.AddTrackRequest(
             cid=cid, name=track.name, type=int(track.kind),  # type: ignore[arg-type]
             source=int(source), muted=track.muted,  # type: ignore[arg-type]
@@ -187,6 +191,11 @@ class MediaManager:
         try:
             mime_type = await transport.add_track(rtc_track, codec=codec)
         except BaseException:
+            # Cancelled or failed midway: take the m-line away again, so that the server
+            # does not announce a track we do not know we publish.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout), \
+                    suppress(Exception):
+                await transport.remove_track(rtc_track)
             rtc_track.stop()
             track._rtc = None
             raise

@@ -213,13 +213,17 @@ class RtcTransport:
             await self.negotiate()
 
     async def negotiate(self) -> None:
-        """Offer the publisher connection again and wait for the server's answer."""
+        """Offer the publisher connection again and wait for the server's answer.
+
+        Once begun, an offer/answer exchange is seen through even if the caller is
+        cancelled (an offer abandoned halfway would leave the connection unable to take
+        the late answer); it is bounded by `_ANSWER_TIMEOUT`."""
         assert self._publisher is not None
         async with self._negotiating:
-            self._answered = anyio.Event()
-            sdp = await self._loop.run(self._publisher.offer)
-            await self._send_description("offer", sdp, _PUBLISHER)
-            with anyio.fail_after(_ANSWER_TIMEOUT):
+            with anyio.CancelScope(shield=True), anyio.fail_after(_ANSWER_TIMEOUT):
+                self._answered = anyio.Event()
+                sdp = await self._loop.run(self._publisher.offer)
+                await self._send_description("offer", sdp, _PUBLISHER)
                 await self._answered.wait()
 
     async def close(self) -> None:
