@@ -229,10 +229,12 @@ class MediaManager:
             assert isinstance(track, LocalTrack)
             rtc_track = track._rtc
             transport = self._transport()
-            if rtc_track is not None and transport is not None:
-                await transport.remove_track(rtc_track)
-            self._forget_local(local, publication, track)
-            self._publish(LocalTrackUnpublished(publication))
+            try:
+                if rtc_track is not None and transport is not None:
+                    await transport.remove_track(rtc_track)
+            finally:  # even if cancelled: the m-line is inactive, the track is not ours
+                self._forget_local(local, publication, track)
+                self._publish(LocalTrackUnpublished(publication))
 
     def _forget_local(self, local: LocalParticipant, publication: LocalTrackPublication,
                       track: LocalTrack) -> None:
