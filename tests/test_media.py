@@ -310,12 +310,14 @@ async def test_a_speaker_is_announced_and_then_not(server: Server) -> None:
         async with tone_track(alice, 440.0) as (track, _):
             with anyio.fail_after(15):
                 async for ev in speakers:
+                    assert isinstance(ev, ActiveSpeakersChanged)
                     if [p.identity for p in ev.speakers] == ["alice"]:
                         break
             assert bob.remote_participants["alice"].is_speaking
             track.mute()
             with anyio.fail_after(15):
                 async for ev in speakers:
+                    assert isinstance(ev, ActiveSpeakersChanged)
                     if not ev.speakers:
                         break
             assert not bob.remote_participants["alice"].is_speaking
@@ -413,7 +415,7 @@ async def test_media_nobody_reads_does_not_pile_up(server: Server) -> None:
         async with tone_track(alice, 440.0), anyio.create_task_group() as tg:
             tg.start_soon(show, source)
             await alice.local_participant.publish_track(video, CAMERA)
-            kinds = set()
+            kinds: set[room.TrackKind] = set()
             while len(kinds) < 2:
                 ev = await next_event(events, TrackSubscribed, timeout=15)
                 kinds.add(ev.track.kind)
@@ -424,7 +426,8 @@ async def test_media_nobody_reads_does_not_pile_up(server: Server) -> None:
             assert len(pumps) >= 2
             frames = sum(p.sink.frames for p in pumps if p.sink is not None)
             assert frames > 100, frames  # media did arrive ...
-            backlog = [p.track._queue.qsize() for p in pumps]  # ... and did not pile up
+            # ... and did not pile up (aiortc's RemoteStreamTrack queue)
+            backlog = [p.track._queue.qsize() for p in pumps]  # type: ignore[attr-defined]
             assert max(backlog) <= 3, backlog
             tg.cancel_scope.cancel()
 
@@ -490,12 +493,14 @@ async def test_a_publish_cancelled_midway_publishes_nothing(server: Server) -> N
         assert alice.connection_state is room.ConnectionState.CONNECTED
         await anyio.sleep(3)
         assert not bob.remote_participants["alice"].track_publications
-        published, unpublished = set(), set()
+        published: set[str] = set()
+        unpublished: set[str] = set()
         with anyio.move_on_after(0.5):
             async for ev in seen:
+                assert isinstance(ev, TrackPublished | TrackUnpublished)
                 (published if isinstance(ev, TrackPublished) else unpublished).add(
                     ev.publication.sid)
         assert published == unpublished
         pub = await alice.local_participant.publish_track(track, MIC)
-        ev = await next_event(seen, TrackPublished, timeout=15)
-        assert ev.publication.sid == pub.sid
+        last = await next_event(seen, TrackPublished, timeout=15)
+        assert last.publication.sid == pub.sid
