@@ -87,6 +87,49 @@ async def test_run_detached_completes_and_reports_a_late_failure(
     assert isinstance(record.exc_info[1], OSError)
 
 
+async def test_a_late_failure_of_the_far_ends_doing_is_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A description the far end should not have sent, refused after the caller left (the
+    room was closing), is the far end's fault: a warning, not an error with a traceback
+    (found by the 100,000-example fuzz run)."""
+    from room.transport.aio import FarEndError
+
+    caplog.set_level(logging.WARNING, logger=_LOGGER)
+    loop = aiortc_loop()
+
+    async def refuse() -> None:
+        await asyncio.sleep(0.1)
+        raise FarEndError("answer refused: Media sections in answer do not match offer")
+
+    with anyio.move_on_after(0.02):
+        await loop.run_detached(refuse)
+    await wait_until(lambda: "stopped waiting" in caplog.text)
+    record = next(r for r in caplog.records if "stopped waiting" in r.getMessage())
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "do not match" in record.getMessage()
+
+
+async def test_an_answer_with_no_offer_is_ignored_and_a_bad_one_refused() -> None:
+    from room.transport.peer import NegotiationError, Peer
+
+    async def run() -> tuple[bool, str]:
+        peer = Peer(name="test")
+        try:
+            ignored = await peer.accept_answer("v=0\r\n")
+            await peer.offer_with_channels()
+            try:
+                await peer.accept_answer("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n")
+            except NegotiationError as exc:
+                return ignored, str(exc)
+            return ignored, "accepted"
+        finally:
+            await peer.close()
+
+    ignored, refused = await aiortc_loop().run(run)
+    assert ignored is False
+    assert refused.startswith("test: answer refused"), refused
+
+
 async def test_a_peer_closes_completely_even_if_its_closer_is_cancelled() -> None:
     """The close of a peer connection whose sockets are open (ICE gathered) is asked for
     by a caller that is already cancelled (a teardown whose bound has run out), and the

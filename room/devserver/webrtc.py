@@ -225,7 +225,8 @@ class SessionRtc:
             sdp = await self._loop.run(self.publisher.answer, req.offer.sdp)
             self._describe("answer", sdp, rtc.SignalTarget.PUBLISHER, req.offer.id)
         elif which == "answer" and self.subscriber is not None:
-            await self._loop.run(self.subscriber.accept_answer, req.answer.sdp)
+            if not await self._loop.run(self.subscriber.accept_answer, req.answer.sdp):
+                return  # no offer of ours waited for it
             self.reoffer_pending_since = None
             self._offering = False
             if self._offer_again:

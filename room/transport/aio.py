@@ -47,6 +47,7 @@ import sniffio
 
 __all__ = [
     "AiortcLoop",
+    "FarEndError",
     "aiortc_loop",
     "call_soon_in_caller",
     "report_handler_errors",
@@ -76,6 +77,11 @@ def _name(fn: object) -> str:
 
 def _exc_info(exc: BaseException) -> tuple[type[BaseException], BaseException, Any]:
     return type(exc), exc, exc.__traceback__
+
+
+class FarEndError(Exception):
+    """A failure that is the far end's doing (a description it should not have sent), not
+    a bug here: when nobody waits for the call any more it is logged as a warning."""
 
 
 class _Mailbox:
@@ -284,6 +290,9 @@ class _Call(Generic[T]):
         if task.cancelled():
             return
         exc = task.exception()
+        if isinstance(exc, FarEndError):
+            _log.warning("%s failed after its caller stopped waiting: %s", what, exc)
+            return
         if exc is not None:
             _log.error("%s failed after its caller stopped waiting", what,
                        exc_info=_exc_info(exc))

@@ -22,15 +22,16 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
-from room.transport.aio import report_handler_errors, uncancellable
+from room.transport.aio import FarEndError, report_handler_errors, uncancellable
 from room.transport.ice import candidate_from_json, use_host_addresses
 from room.transport.media import ReceiverPump, TrackSink
 from room.transport.sdp import MediaSection, decline_undecodable, media_sections
 
-__all__ = ["HIGH_WATER", "LOSSY", "LOW_WATER", "RELIABLE", "Peer"]
+__all__ = ["HIGH_WATER", "LOSSY", "LOW_WATER", "RELIABLE", "NegotiationError", "Peer"]
 
 _log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ OnData = Callable[[str, bytes], None]
 OnState = Callable[[str], None]
 # A received track starts being carried (True) or stops (False).
 OnTrack = Callable[[TrackSink, bool], None]
+
+
+class NegotiationError(FarEndError):
+    """The far end's description could not be taken (malformed, or not matching ours)."""
 
 
 class Peer:
@@ -105,7 +110,10 @@ class Peer:
         if self._on_track is not None:
             offer_sdp, declined = decline_undecodable(offer_sdp)
         with use_host_addresses(self._host_addresses):
-            await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            except (ValueError, InvalidStateError, OperationError) as exc:
+                raise NegotiationError(f"{self.name}: offer refused: {exc}") from exc
             self._follow_ice_restart(offer_sdp)
             for section in declined:
                 _log.info("%s: %s m-line %s declined: no codec we can decode in %s",
@@ -234,9 +242,20 @@ class Peer:
         return [(label, ch.id, target) for label, ch in self._channels.items()
                 if ch.id is not None]
 
-    async def accept_answer(self, answer_sdp: str) -> None:
+    async def accept_answer(self, answer_sdp: str) -> bool:
+        """Take the far end's answer to our offer. An answer when no offer of ours waits
+        for one is ignored (False, with a warning); one aiortc refuses raises
+        `NegotiationError`."""
+        if self.pc.signalingState != "have-local-offer":
+            _log.warning("%s: an answer came with no offer waiting for one (%s); ignored",
+                         self.name, self.pc.signalingState)
+            return False
         with use_host_addresses(self._host_addresses):
-            await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
+            except (ValueError, InvalidStateError, OperationError) as exc:
+                raise NegotiationError(f"{self.name}: answer refused: {exc}") from exc
+        return True
 
     async def add_candidate(self, candidate_init: str) -> None:
         """Add a trickled candidate (LiveKit's JSON); unusable or late ones are ignored.

@@ -174,8 +174,8 @@ class RtcTransport:
             sdp = await self._loop.run(self._subscriber.answer, msg.offer.sdp)
             await self._send_description("answer", sdp, _SUBSCRIBER, msg.offer.id)
         elif which == "answer":
-            await self._loop.run(self._publisher.accept_answer, msg.answer.sdp)
-            self._answered.set()
+            if await self._loop.run(self._publisher.accept_answer, msg.answer.sdp):
+                self._answered.set()
         elif which == "trickle":
             peer = self._subscriber if msg.trickle.target == _SUBSCRIBER else self._publisher
             await self._loop.run(peer.add_candidate, msg.trickle.candidateInit)
