@@ -504,3 +504,38 @@ async def test_a_publish_cancelled_midway_publishes_nothing(server: Server) -> N
         pub = await alice.local_participant.publish_track(track, MIC)
         last = await next_event(seen, TrackPublished, timeout=15)
         assert last.publication.sid == pub.sid
+
+
+async def test_tracks_already_there_when_joining_are_all_heard(server: Server) -> None:
+    """Two microphones (440 and 660 Hz) and a camera are published before bob joins: they
+    reach him together (livekit-server puts them in his very first subscriber offer; the
+    dev server re-offers them while his connection is still coming up), and each carries
+    its own content. (Found by the interop tests: aiortc's default bundle policy left the
+    second m-line of a kind deaf, and m-lines negotiated while connecting never started.)"""
+    async with server.connect("alice") as alice:
+        video_source = room.VideoSource(160, 120)
+        video = room.LocalVideoTrack.create_video_track("cam", video_source)
+        async with tone_track(alice, 440.0, name="mic1") as (_, pub1), \
+                tone_track(alice, 660.0, name="mic2") as (_, pub2), \
+                anyio.create_task_group() as tg:
+            tg.start_soon(show, video_source)
+            pub3 = await alice.local_participant.publish_track(video, CAMERA)
+            async with server.connect("bob") as bob:
+                await known(bob, "alice", timeout=10)
+                events = bob.events(TrackSubscribed)
+                tracks: dict[str, room.Track] = {}
+                for publication in bob.remote_participants["alice"].track_publications.values():
+                    if publication.track is not None:
+                        tracks[publication.sid] = publication.track
+                with anyio.fail_after(20):
+                    while len(tracks) < 3:
+                        ev = await next_event(events, TrackSubscribed, timeout=20)
+                        tracks[ev.publication.sid] = ev.track
+                assert_tone(await listen(tracks[pub1.sid], frames=100), 440.0)
+                assert_tone(await listen(tracks[pub2.sid], frames=100), 660.0)
+                with anyio.fail_after(10):
+                    async with room.VideoStream(tracks[pub3.sid]) as stream:
+                        async for frame in stream:
+                            assert (frame.width, frame.height) == (160, 120)
+                            break
+            tg.cancel_scope.cancel()

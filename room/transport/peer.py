@@ -24,7 +24,7 @@ from aiortc import (
 )
 from aiortc.exceptions import InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.rtcconfiguration import RTCIceTransportPolicy
+from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 
 from room.transport.aio import FarEndError, report_handler_errors, uncancellable
 from room.transport.ice import candidate_from_json, use_host_addresses
@@ -66,6 +66,7 @@ class Peer:
         self.name = name
         self._on_track = on_track
         self._on_undecodable = on_undecodable
+        self._starts: set[asyncio.Future[None]] = set()  # see `_state_changed`
         self._pumps: dict[str, ReceiverPump] = {}  # by mid
         self._host_addresses = tuple(host_addresses) if host_addresses is not None else None
         self._on_data = on_data
@@ -83,7 +84,12 @@ class Peer:
             # server, which costs a DNS lookup (and a stall without internet) per peer.
             iceServers=list(ice_servers),
             iceTransportPolicy=(RTCIceTransportPolicy.RELAY if relay_only
-                                else RTCIceTransportPolicy.ALL)))
+                                else RTCIceTransportPolicy.ALL),
+            # Everything on one transport, as LiveKit's servers and clients bundle. With
+            # aiortc's default (balanced), the 2nd and later m-lines of a kind added in
+            # one negotiation sit on a provisional transport that the BUNDLE group then
+            # stops: they never receive (found by tests/test_interop_media.py).
+            bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         self.pc.on("datachannel", self._adopt)
         self.pc.on("connectionstatechange", self._state_changed)
         report_handler_errors(self.pc, name, _log)
@@ -375,5 +381,21 @@ class Peer:
     def _state_changed(self) -> None:
         state = self.pc.connectionState
         _log.debug("%s: connection %s", self.name, state)
+        if state == "connected" and not self._closed:
+            # aiortc starts a negotiated m-line's sender and receiver only if DTLS is
+            # connected when that negotiation's connect step runs; one negotiated while
+            # the connection was still connecting (tracks offered right after joining)
+            # would never start. Its connect step is idempotent: run it once more now.
+            connect = getattr(self.pc, "_RTCPeerConnection__connect", None)
+            if connect is not None:
+                task = asyncio.ensure_future(connect())
+                self._starts.add(task)
+                task.add_done_callback(self._started)
         if self._on_state is not None:
             self._on_state(state)
+
+    def _started(self, task: asyncio.Future[None]) -> None:
+        self._starts.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("%s: starting media after connecting failed: %r", self.name,
+                         task.exception())
