@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,33 +193,39 @@ def test_text_and_byte_streams_both_ways(ns_srv: NsServer, backend: str,
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_media_already_in_the_room_is_declined_and_the_room_lives_on(
+def test_media_already_in_the_room_is_received_and_the_room_lives_on(
         ns_srv: NsServer, backend: str) -> None:
-    """An official client publishes audio and video; `room` joins with auto_subscribe (the
-    default), so livekit-server puts both tracks in its very first subscriber offer. Until
-    `room` receives media, it answers those m-lines inactive: nothing is decoded, nothing
-    piles up, and the room works on. (The dev server has no media yet: publishing there
-    fails, which the official client reports, and the rest holds all the same.)"""
+    """An official client publishes a 440 Hz tone and a picture before `room` joins (with
+    auto_subscribe, the default), so livekit-server puts both tracks in `room`'s very
+    first subscriber offer, next to its data channels. `room` subscribes to both, hears
+    the tone at its frequency, sees the picture, and data still flows both ways. (Media
+    content between the SDKs: tests/test_interop_media.py.) The dev server sends them in
+    a second offer, right after the first answer, while the connection is still
+    connecting."""
     room_name = f"media-{backend}"
     lk = start(ns_srv, "lk", room_name, None)
     try:
-        published = lk.answer(lk.send("publish_media"), timeout=30)
-        if ns_srv.kind == "livekit":
-            assert published["event"] == "ok", published
-            assert len(published["track_sids"]) == 2
-        else:
-            assert published["event"] == "failed", published
+        audio = lk.request("publish_tone", frequency=440.0, timeout=30)["track_sid"]
+        video = lk.request("publish_video", width=320, height=240, timeout=30)["track_sid"]
         rm = start(ns_srv, "rm", room_name, backend)
         try:
             lk.expect("participant_connected", identity="rm", timeout=10)
-            time.sleep(3.0)  # media flows meanwhile (on livekit-server)
+            rm.expect("track_subscribed", identity="lk", track_sid=audio, kind="audio",
+                      timeout=20)
+            rm.expect("track_subscribed", identity="lk", track_sid=video, kind="video",
+                      timeout=20)
+            heard = rm.send("listen", track_sid=audio, seconds=2.0, sample_rate=16000,
+                            **{"from": "lk"})
+            seen = rm.send("watch", track_sid=video, frames=10, **{"from": "lk"})
+            heard_ev, seen_ev = rm.answer(heard, timeout=40), rm.answer(seen, timeout=40)
+            assert heard_ev["event"] == "ok", heard_ev
+            assert abs(heard_ev["frequency"] - 440.0) < 4.4, heard_ev
+            assert seen_ev["event"] == "ok", seen_ev
+            assert (seen_ev["width"], seen_ev["height"]) == (320, 240), seen_ev
             state = rm.request("rtc_state")
-            assert state["connection_state"] == "connected"
-            media = [t for t in state["subscriber"] if t["kind"] in ("audio", "video")]
-            if ns_srv.kind == "livekit":
-                assert sorted(t["kind"] for t in media) == ["audio", "video"], state
-            assert all(t["direction"] == "inactive" and not t["receiving"]
-                       for t in media), state
+            media = sorted((t["kind"], t["direction"], t["receiving"])
+                           for t in state["subscriber"] if t["kind"] in ("audio", "video"))
+            assert media == [("audio", "recvonly", True), ("video", "recvonly", True)], state
             exchange(lk, rm, b"still here", (3, "3"))
             exchange(rm, lk, b"me too", (4, "4"))
         finally:

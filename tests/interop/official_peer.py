@@ -16,6 +16,19 @@ with an ``id``): ``publish_data`` (data_b64, reliable, topic, destinations),
 and exits on ``quit``, on stdin EOF and when the room disconnects; a failed connect prints
 an ``error`` event and exits 1.
 
+Media, the same in room_peer.py (analysis: tests/mediatools.py). Events: ``track_published``,
+``track_subscribed``, ``track_unsubscribed``, ``track_unpublished``, ``track_muted``,
+``track_unmuted`` (identity, track_sid, kind audio|video), ``track_subscription_failed``
+(identity, track_sid, error). Commands: ``publish_tone`` (frequency: a number, or one per
+channel; channels; name) -> track_sid, a tone at half full scale fed in real time until
+unpublished; ``publish_video`` (width, height, fps, simulcast) -> track_sid, the
+four-quadrant RGBA picture (red, green / blue, white); ``mute`` / ``unmute`` /
+``unpublish`` (track_sid); ``listen`` (from, track_sid optional, seconds, sample_rate,
+channels) -> frequency, dbfs (channel 0), per_channel, frames: waits for that
+participant's subscribed audio track, reads it with an audio stream, skips its first
+0.5 s; ``watch`` (from, track_sid optional, frames) -> width, height, colours (the mean RGB
+of each quadrant's middle of the last frame), sizes (of every frame read).
+
 Logs go to stderr (``--log-level DEBUG``; with ``LIVEKIT_RTC_DEBUG=1`` the SDK's Rust and
 libwebrtc debug records are included).
 """
@@ -32,9 +45,20 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from livekit import rtc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this tree's `tests`
+
+from tests.mediatools import (
+    analyse_pcm,
+    quadrants_rgba,
+    rgba_quadrant_colours,
+    tone_pcm,
+)
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -75,6 +99,40 @@ def _watch(room: rtc.Room, gone: asyncio.Event) -> None:
     def _(dtmf: rtc.SipDTMF) -> None:
         emit("sip_dtmf_received", code=dtmf.code, digit=dtmf.digit,
              **{"from": _identity(dtmf.participant)})
+
+    def track_event(name: str, publication: rtc.TrackPublication,
+                    participant: rtc.Participant) -> None:
+        kind = "video" if publication.kind == rtc.TrackKind.KIND_VIDEO else "audio"
+        emit(name, identity=participant.identity, track_sid=publication.sid, kind=kind)
+
+    @room.on("track_published")
+    def _(pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+        track_event("track_published", pub, p)
+
+    @room.on("track_unpublished")
+    def _(pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+        track_event("track_unpublished", pub, p)
+
+    @room.on("track_subscribed")
+    def _(_: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+        track_event("track_subscribed", pub, p)
+
+    @room.on("track_unsubscribed")
+    def _(_: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+        track_event("track_unsubscribed", pub, p)
+
+    @room.on("track_muted")
+    def _(p: rtc.Participant, pub: rtc.TrackPublication) -> None:
+        track_event("track_muted", pub, p)
+
+    @room.on("track_unmuted")
+    def _(p: rtc.Participant, pub: rtc.TrackPublication) -> None:
+        track_event("track_unmuted", pub, p)
+
+    @room.on("track_subscription_failed")
+    def _(p: rtc.RemoteParticipant, track_sid: str, error: str) -> None:
+        emit("track_subscription_failed", identity=p.identity, track_sid=track_sid,
+             error=error)
 
     @room.on("reconnecting")
     def _() -> None:
@@ -121,6 +179,30 @@ async def _run_command(room: rtc.Room, cmd: dict[str, Any]) -> None:
         elif name == "publish_media":
             sids = await _publish_media(room)
             emit("ok", id=cid, track_sids=sids)
+            return
+        elif name == "publish_tone":
+            sid = await _publish_tone(room, cmd)
+            emit("ok", id=cid, track_sid=sid)
+            return
+        elif name == "publish_video":
+            sid = await _publish_video(room, cmd)
+            emit("ok", id=cid, track_sid=sid)
+            return
+        elif name in ("mute", "unmute"):
+            track = lp.track_publications[str(cmd["track_sid"])].track
+            assert track is not None
+            track.mute() if name == "mute" else track.unmute()
+        elif name == "unpublish":
+            sid = str(cmd["track_sid"])
+            await lp.unpublish_track(sid)
+            feeder = _feeders.pop(sid, None)
+            if feeder is not None:
+                feeder.cancel()
+        elif name == "listen":
+            emit("ok", id=cid, **await _listen(room, cmd))
+            return
+        elif name == "watch":
+            emit("ok", id=cid, **await _watch_video(room, cmd))
             return
         elif name == "listen_text":
             room.register_text_stream_handler(str(cmd["topic"]), _on_text)
@@ -181,10 +263,136 @@ async def _publish_media(room: rtc.Room) -> list[str]:
     return sids
 
 
-def _spawn(coro: Any) -> None:
+def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     task = asyncio.ensure_future(coro)
     _readers.add(task)
     task.add_done_callback(_readers.discard)
+    return task
+
+
+_feeders: dict[str, asyncio.Task[None]] = {}  # track sid -> what feeds its source
+
+
+async def _publish_tone(room: rtc.Room, cmd: dict[str, Any]) -> str:
+    """A tone per channel, fed in real time (the source's queue paces it) until the
+    track is unpublished."""
+    freq = cmd.get("frequency", 440.0)
+    channels = int(cmd.get("channels") or (len(freq) if isinstance(freq, list) else 1))
+    freqs = [float(f) for f in freq] if isinstance(freq, list) else [float(freq)] * channels
+    assert len(freqs) == channels, (freqs, channels)
+    rate, n = 48000, 480
+    source = rtc.AudioSource(rate, channels)
+    track = rtc.LocalAudioTrack.create_audio_track(str(cmd.get("name", "tone")), source)
+
+    async def feed() -> None:
+        pos = 0
+        while True:
+            frame = rtc.AudioFrame(tone_pcm(freqs, n, sample_rate=rate, start=pos),
+                                   rate, channels, n)
+            pos += n
+            await source.capture_frame(frame)
+
+    task = _spawn(feed())
+    try:
+        pub = await room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+    except BaseException:
+        task.cancel()
+        raise
+    _feeders[pub.sid] = task
+    return pub.sid
+
+
+async def _publish_video(room: rtc.Room, cmd: dict[str, Any]) -> str:
+    """The four-quadrant picture, ``fps`` times a second, until unpublished."""
+    width, height = int(cmd.get("width", 320)), int(cmd.get("height", 240))
+    fps = float(cmd.get("fps", 15))
+    source = rtc.VideoSource(width, height)
+    track = rtc.LocalVideoTrack.create_video_track(str(cmd.get("name", "quadrants")), source)
+    picture = rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA,
+                             quadrants_rgba(width, height))
+
+    async def feed() -> None:
+        while True:
+            source.capture_frame(picture)
+            await asyncio.sleep(1 / fps)
+
+    task = _spawn(feed())
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)
+    if "simulcast" in cmd:
+        options.simulcast = bool(cmd["simulcast"])
+    try:
+        pub = await room.local_participant.publish_track(track, options)
+    except BaseException:
+        task.cancel()
+        raise
+    _feeders[pub.sid] = task
+    return pub.sid
+
+
+async def _remote_track(room: rtc.Room, cmd: dict[str, Any], kind: int,
+                        timeout: float = 20.0) -> rtc.Track:
+    """The subscribed ``kind`` track of participant ``cmd["from"]`` (that of
+    ``cmd["track_sid"]`` if given), once there is one."""
+    identity, sid = str(cmd["from"]), cmd.get("track_sid")
+    deadline = time.monotonic() + timeout
+    while True:
+        participant = room.remote_participants.get(identity)
+        for pub in (participant.track_publications.values() if participant else ()):
+            if pub.kind == kind and pub.track is not None and sid in (None, pub.sid):
+                return pub.track
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no subscribed track of {identity} ({sid}) in {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def _listen(room: rtc.Room, cmd: dict[str, Any]) -> dict[str, Any]:
+    track = await _remote_track(room, cmd, rtc.TrackKind.KIND_AUDIO)
+    rate = int(cmd.get("sample_rate", 16000))
+    channels = int(cmd.get("channels", 1))
+    skip = int(rate * float(cmd.get("skip", 0.5)))
+    want = int(rate * float(cmd.get("seconds", 2.0)))
+    stream = rtc.AudioStream(track, sample_rate=rate, num_channels=channels)
+    got: list[bytes] = []
+    seen = frames = 0
+    try:
+        async with asyncio.timeout(float(cmd.get("timeout", 20.0))):
+            async for event in stream:
+                frame = event.frame
+                assert (frame.sample_rate, frame.num_channels) == (rate, channels), frame
+                frames += 1
+                n = frame.samples_per_channel
+                if seen >= skip:
+                    got.append(bytes(frame.data))
+                seen += n
+                if seen >= skip + want:
+                    break
+    finally:
+        await stream.aclose()
+    per_channel = analyse_pcm(b"".join(got), rate, channels)
+    return {"frequency": per_channel[0]["frequency"], "dbfs": per_channel[0]["dbfs"],
+            "per_channel": per_channel, "frames": frames}
+
+
+async def _watch_video(room: rtc.Room, cmd: dict[str, Any]) -> dict[str, Any]:
+    track = await _remote_track(room, cmd, rtc.TrackKind.KIND_VIDEO)
+    want = int(cmd.get("frames", 10))
+    stream = rtc.VideoStream(track)
+    sizes: list[list[int]] = []
+    last: rtc.VideoFrame | None = None
+    try:
+        async with asyncio.timeout(float(cmd.get("timeout", 20.0))):
+            async for event in stream:
+                last = event.frame
+                sizes.append([last.width, last.height])
+                if len(sizes) == want:
+                    break
+    finally:
+        await stream.aclose()
+    assert last is not None
+    rgba = last.convert(rtc.VideoBufferType.RGBA)
+    return {"width": rgba.width, "height": rgba.height, "sizes": sizes,
+            "colours": rgba_quadrant_colours(rgba.data, rgba.width, rgba.height)}
 
 
 def _on_text(reader: rtc.TextStreamReader, sender: str) -> None:

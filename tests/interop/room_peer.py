@@ -7,7 +7,9 @@ Events on stdout, commands on stdin, exactly as official_peer.py (see its docstr
 one test can drive either side. ``reconnecting``, ``reconnected`` and ``disconnected``
 carry ``t``: ``time.monotonic()`` when the peer saw them (comparable across processes on
 one machine), for tests that time repairs. ``--reconnect-*`` change the room's
-`room.ReconnectPolicy` (default: room's defaults).
+`room.ReconnectPolicy` (default: room's defaults). Media events and commands too
+(``publish_tone``, ``publish_video``, ``mute``, ``unmute``, ``unpublish``, ``listen``,
+``watch``: see official_peer.py), with `room.AudioStream` / `room.VideoStream`.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this tree's room, tests
 
 import room
 import room.rpc
@@ -36,7 +41,21 @@ from room.events import (
     ParticipantMetadataChanged,
     Reconnected,
     Reconnecting,
+    RoomEvent,
     SipDTMFReceived,
+    TrackMuted,
+    TrackPublished,
+    TrackSubscribed,
+    TrackSubscriptionFailed,
+    TrackUnmuted,
+    TrackUnpublished,
+    TrackUnsubscribed,
+)
+from tests.mediatools import (
+    analyse_pcm,
+    quadrants_rgba,
+    rgba_quadrant_colours,
+    tone_pcm,
 )
 
 LISTENERS: TaskGroup  # where stream readers run (the peer's task group)
@@ -47,8 +66,8 @@ def emit(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
-async def watch(r: room.Room) -> None:
-    async for ev in r.events():
+async def watch(events: AsyncIterator[RoomEvent]) -> None:
+    async for ev in events:
         match ev:
             case ParticipantConnected(participant=p):
                 emit("participant_connected", identity=p.identity)
@@ -63,12 +82,33 @@ async def watch(r: room.Room) -> None:
             case SipDTMFReceived(dtmf=d):
                 emit("sip_dtmf_received", code=d.code, digit=d.digit,
                      **{"from": d.participant_identity or None})
+            case TrackPublished(publication=pub, participant=p):
+                emit_track("track_published", pub, p)
+            case TrackSubscribed(publication=pub, participant=p):
+                emit_track("track_subscribed", pub, p)
+            case TrackUnsubscribed(publication=pub, participant=p):
+                emit_track("track_unsubscribed", pub, p)
+            case TrackUnpublished(publication=pub, participant=p):
+                emit_track("track_unpublished", pub, p)
+            case TrackMuted(publication=pub, participant=p):
+                emit_track("track_muted", pub, p)
+            case TrackUnmuted(publication=pub, participant=p):
+                emit_track("track_unmuted", pub, p)
+            case TrackSubscriptionFailed(participant=p, track_sid=sid, error=error):
+                emit("track_subscription_failed", identity=p.identity, track_sid=sid,
+                     error=error)
             case Reconnecting():
                 emit("reconnecting", t=time.monotonic())
             case Reconnected():
                 emit("reconnected", t=time.monotonic())
             case Disconnected(reason=reason):
                 emit("disconnected", reason=reason.name, t=time.monotonic())
+
+
+def emit_track(name: str, publication: room.TrackPublication,
+               participant: room.Participant) -> None:
+    kind = "video" if publication.kind is room.TrackKind.VIDEO else "audio"
+    emit(name, identity=participant.identity, track_sid=publication.sid, kind=kind)
 
 
 async def run_command(r: room.Room, cmd: dict[str, Any]) -> None:
@@ -95,6 +135,27 @@ async def run_command(r: room.Room, cmd: dict[str, Any]) -> None:
                 return
             case "rtc_state":
                 emit("ok", id=cid, **rtc_state(r))
+                return
+            case "publish_tone":
+                emit("ok", id=cid, track_sid=await publish_tone(r, cmd))
+                return
+            case "publish_video":
+                emit("ok", id=cid, track_sid=await publish_video(r, cmd))
+                return
+            case "mute" | "unmute" as what:
+                track = me.track_publications[str(cmd["track_sid"])].track
+                assert isinstance(track, room.LocalTrack), track
+                track.mute() if what == "mute" else track.unmute()
+            case "unpublish":
+                sid = str(cmd["track_sid"])
+                await me.unpublish_track(sid)
+                if (feeder := FEEDERS.pop(sid, None)) is not None:
+                    feeder.cancel()
+            case "listen":
+                emit("ok", id=cid, **await listen(r, cmd))
+                return
+            case "watch":
+                emit("ok", id=cid, **await watch_video(r, cmd))
                 return
             case "listen_text":
                 LISTENERS.start_soon(read_texts, r.text_streams(str(cmd["topic"])))
@@ -135,6 +196,122 @@ def rtc_state(r: room.Room) -> dict[str, Any]:
     return out
 
 
+FEEDERS: dict[str, anyio.CancelScope] = {}  # track sid -> what feeds its source
+
+
+async def feed_audio(source: room.AudioSource, freqs: list[float],
+                     scope: anyio.CancelScope) -> None:
+    """A tone per channel, in real time (the source's queue paces it)."""
+    with scope:
+        pos, n = 0, source.sample_rate // 100
+        while True:
+            pcm = tone_pcm(freqs, n, sample_rate=source.sample_rate, start=pos)
+            pos += n
+            await source.capture_frame(room.AudioFrame(pcm, source.sample_rate, len(freqs), n))
+
+
+async def feed_video(source: room.VideoSource, fps: float, scope: anyio.CancelScope
+                     ) -> None:
+    """The four-quadrant picture, ``fps`` times a second."""
+    frame = room.VideoFrame(source.width, source.height, room.VideoBufferType.RGBA,
+                            quadrants_rgba(source.width, source.height))
+    with scope:
+        while True:
+            source.capture_frame(frame)
+            await anyio.sleep(1 / fps)
+
+
+async def publish_tone(r: room.Room, cmd: dict[str, Any]) -> str:
+    freq = cmd.get("frequency", 440.0)
+    channels = int(cmd.get("channels") or (len(freq) if isinstance(freq, list) else 1))
+    freqs = [float(f) for f in freq] if isinstance(freq, list) else [float(freq)] * channels
+    assert len(freqs) == channels, (freqs, channels)
+    source = room.AudioSource(48000, channels)
+    track = room.LocalAudioTrack.create_audio_track(str(cmd.get("name", "tone")), source)
+    scope = anyio.CancelScope()
+    LISTENERS.start_soon(feed_audio, source, freqs, scope)
+    try:
+        pub = await r.local_participant.publish_track(
+            track, room.TrackPublishOptions(source=room.TrackSource.MICROPHONE))
+    except BaseException:
+        scope.cancel()
+        raise
+    FEEDERS[pub.sid] = scope
+    return pub.sid
+
+
+async def publish_video(r: room.Room, cmd: dict[str, Any]) -> str:
+    source = room.VideoSource(int(cmd.get("width", 320)), int(cmd.get("height", 240)))
+    track = room.LocalVideoTrack.create_video_track(str(cmd.get("name", "quadrants")),
+                                                    source)
+    scope = anyio.CancelScope()
+    LISTENERS.start_soon(feed_video, source, float(cmd.get("fps", 15)), scope)
+    try:
+        pub = await r.local_participant.publish_track(
+            track, room.TrackPublishOptions(source=room.TrackSource.CAMERA))
+    except BaseException:
+        scope.cancel()
+        raise
+    FEEDERS[pub.sid] = scope
+    return pub.sid
+
+
+async def remote_track(r: room.Room, cmd: dict[str, Any], kind: room.TrackKind,
+                       timeout: float = 20.0) -> room.RemoteTrack:
+    """The subscribed ``kind`` track of participant ``cmd["from"]`` (that of
+    ``cmd["track_sid"]`` if given), once there is one."""
+    identity, sid = str(cmd["from"]), cmd.get("track_sid")
+    with anyio.fail_after(timeout):
+        while True:
+            participant = r.remote_participants.get(identity)
+            for pub in (participant.track_publications.values() if participant else ()):
+                track = pub.track
+                if (pub.kind is kind and isinstance(track, room.RemoteTrack)
+                        and sid in (None, pub.sid)):
+                    return track
+            await anyio.sleep(0.05)
+
+
+async def listen(r: room.Room, cmd: dict[str, Any]) -> dict[str, Any]:
+    track = await remote_track(r, cmd, room.TrackKind.AUDIO)
+    rate = int(cmd.get("sample_rate", 16000))
+    channels = int(cmd.get("channels", 1))
+    skip = int(rate * float(cmd.get("skip", 0.5)))
+    want = int(rate * float(cmd.get("seconds", 2.0)))
+    got: list[bytes] = []
+    seen = frames = 0
+    with anyio.fail_after(float(cmd.get("timeout", 20.0))):
+        async with room.AudioStream(track, sample_rate=rate, num_channels=channels) as stream:
+            async for frame in stream:
+                assert (frame.sample_rate, frame.num_channels) == (rate, channels), frame
+                frames += 1
+                if seen >= skip:
+                    got.append(bytes(frame.data))
+                seen += frame.samples_per_channel
+                if seen >= skip + want:
+                    break
+    per_channel = analyse_pcm(b"".join(got), rate, channels)
+    return {"frequency": per_channel[0]["frequency"], "dbfs": per_channel[0]["dbfs"],
+            "per_channel": per_channel, "frames": frames}
+
+
+async def watch_video(r: room.Room, cmd: dict[str, Any]) -> dict[str, Any]:
+    track = await remote_track(r, cmd, room.TrackKind.VIDEO)
+    want = int(cmd.get("frames", 10))
+    sizes: list[list[int]] = []
+    last: room.VideoFrame | None = None
+    with anyio.fail_after(float(cmd.get("timeout", 20.0))):
+        async with room.VideoStream(track, format=room.VideoBufferType.RGBA) as stream:
+            async for frame in stream:
+                last = frame
+                sizes.append([frame.width, frame.height])
+                if len(sizes) == want:
+                    break
+    assert last is not None and last.type is room.VideoBufferType.RGBA
+    return {"width": last.width, "height": last.height, "sizes": sizes,
+            "colours": rgba_quadrant_colours(last.data, last.width, last.height)}
+
+
 async def read_texts(readers: AsyncIterator[room.TextStreamReader]) -> None:
     async for reader in readers:
         text = await reader.read_all()
@@ -168,12 +345,20 @@ def rpc_handler(behavior: str) -> room.rpc.RpcHandler:
 async def amain(url: str, token: str, options: room.RoomOptions | None = None) -> int:
     try:
         async with room.Room.connect(url, token, options=options) as r:
+            # Subscribe before anything can happen unseen (docs/events.md), then say what
+            # is there already: tracks subscribed while joining (their TrackSubscribed
+            # went out before connect returned) are announced as the official SDK does.
+            events = r.events()
             emit("connected", identity=r.local_participant.identity,
                  participants=sorted(r.remote_participants))
+            for p in r.remote_participants.values():
+                for pub in p.track_publications.values():
+                    if pub.track is not None:
+                        emit_track("track_subscribed", pub, p)
             async with anyio.create_task_group() as tg:
                 global LISTENERS
                 LISTENERS = tg
-                tg.start_soon(watch, r)
+                tg.start_soon(watch, events)
                 while True:
                     line = await anyio.to_thread.run_sync(sys.stdin.readline,
                                                           abandon_on_cancel=True)
@@ -185,8 +370,8 @@ async def amain(url: str, token: str, options: room.RoomOptions | None = None) -
                     if cmd.get("cmd") == "quit":
                         emit("ok", id=cmd.get("id"))
                         break
-                    if cmd.get("cmd") == "perform_rpc":
-                        tg.start_soon(run_command, r, cmd)  # calls may overlap
+                    if cmd.get("cmd") in ("perform_rpc", "listen", "watch"):
+                        tg.start_soon(run_command, r, cmd)  # these may overlap
                     else:
                         # One after another, so packets keep the command order.
                         await run_command(r, cmd)
