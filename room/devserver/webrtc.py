@@ -26,7 +26,7 @@ from livekit.protocol import rtc
 from room.devserver.faults import UdpGate
 from room.devserver.sfu import RelayTrack
 from room.transport.aio import aiortc_loop, call_soon_in_caller
-from room.transport.ice import candidate_to_json, sdp_candidates, use_host_addresses
+from room.transport.ice import candidate_to_json, sdp_candidates
 from room.transport.media import TrackSink
 from room.transport.peer import Peer
 
@@ -254,17 +254,12 @@ class SessionRtc:
         relay = self._relays.pop(track_sid, None)
         if relay is None:
             return False
-        for transceiver in peer.pc.getTransceivers():
-            if transceiver.sender.track is relay:
-                transceiver.direction = "inactive"
-                transceiver.sender.replaceTrack(None)
-        relay.stop()
+        if not await peer.remove_sender(relay):  # (which stops it)
+            relay.stop()
         return True
 
     async def _reoffer(self, peer: Peer) -> str:
-        with use_host_addresses(self._hosts):
-            await peer.pc.setLocalDescription(await peer.pc.createOffer())
-        return str(peer.pc.localDescription.sdp)
+        return await peer.offer()
 
     def _deliver_on(self, peer: Peer) -> None:
         """From now on, deliver packets to the client on ``peer`` (aiortc loop)."""
