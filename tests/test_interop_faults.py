@@ -49,7 +49,7 @@ _reason = netns_unavailable()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=str(_reason))
 
 ROOT = Path(__file__).resolve().parents[1]
-ROUNDS = 10
+ROUNDS = 6
 K = 5  # packets per side before and after each cut
 ROOM_WAIT = 30.0  # `room` must be reconnected this soon after a cut
 OFFICIAL_WAIT = 25.0  # for the official client (its failed resume takes 15 s, then a rejoin)

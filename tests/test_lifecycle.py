@@ -53,10 +53,15 @@ async def test_cancel_from_outside_leaves_nothing_and_others_see_departure_promp
 
 
 @pytest.mark.devserver(join_timeout=2)
-async def test_a_participant_whose_webrtc_never_connects_is_removed(server: Server) -> None:
+async def test_a_participant_whose_webrtc_never_connects_is_removed(
+        server: Server, anyio_backend: str) -> None:
     """Joined by signalling only, never connecting WebRTC: removed after the server's join
     timeout (livekit-server: 60 s; the dev server here: 2 s) with JOIN_FAILURE. Merely
     not pinging does not get a client dropped, on either server."""
+    if server.livekit is not None and anyio_backend == "trio":
+        pytest.skip("a server behaviour (livekit-server's 60 s join timeout): the "
+                    "asyncio run covers it; the client side runs on both backends with "
+                    "the dev server")
     timeout = server.dev.join_timeout if server.dev is not None else 60.0
     async with server.connect("watcher") as watcher:
         events = watcher.events(ParticipantDisconnected)
