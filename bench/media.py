@@ -21,8 +21,8 @@ publish
     track (100 expected) and each tone's frequency (FFT of 1 s, within 1 %).
 subscribe
     The reverse: a peer process publishes ``--tracks`` tones from one participant -- `room`
-    on asyncio, the same for every column, not counted (not the official SDK, which the
-    dev server cannot receive whole, see `_run_peer`); the worker joins first, so each
+    on asyncio, the same for every column, not counted (chosen while the dev server could
+    not receive an official SDK's tracks whole, see `_run_peer`); the worker joins first, so each
     track reaches it in a negotiation of its own, subscribes and reads each with an audio
     stream (48 kHz mono, 10 ms frames); its CPU per track over ``--seconds``, the frames
     per second per track and each tone's frequency.
@@ -821,11 +821,10 @@ async def _peer(impl: _Impl, rt: _Runtime, role: str, url: str, tokens: list[str
 
 
 def _run_peer(args: argparse.Namespace) -> None:
-    """The listener is the official SDK, the talker is `room` (asyncio): the dev server
-    receives only the first m-line of a kind in each of an official-SDK publisher's offers
-    (the bundle bug of room/transport/peer.py, BUNDLE_BUG in tests/test_interop_media.py),
-    so its 2nd and later tracks never reach subscribers, while `room`'s tracks go through
-    both servers."""
+    """The listener is the official SDK, the talker is `room` (asyncio). The talker was
+    chosen while the dev server received only the first m-line of a kind in each of an
+    official-SDK publisher's offers (aiortc's balanced bundle policy, fixed in 1fce129);
+    it stays the same for every column so that the columns compare."""
     code = 0
     try:
         if args.peer == "listen":
