@@ -216,6 +216,11 @@ def test_demo_fast_runs_the_conversation_and_exits_0(backend: str) -> None:
     assert has("ParticipantMetadataChanged", "bob", "->")
     assert has("ParticipantAttributesChanged", "bob", "says=")
     assert has("RoomMetadataChanged", "->")
+    assert has("TrackSubscribed", "bob", "'tone' AUDIO MICROPHONE")
+    assert has("TrackUnpublished", "bob", "'tone'")
+    heard = [line for line in lines if "alice hears" in line]
+    assert len(heard) == 1, out
+    assert 430 <= int(heard[0].split("hears ")[1].split(" Hz")[0]) <= 450, heard
     assert has("ParticipantDisconnected", "carol", "PARTICIPANT_REMOVED")
     assert has("ParticipantDisconnected", "bob", "CLIENT_INITIATED")
     assert lines[-2:] == [lines[-2], "done"] and "Disconnected" in lines[-2]

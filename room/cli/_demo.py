@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import array
+import itertools
 import json
+import math
 
 import anyio
 
@@ -23,8 +26,17 @@ from room.events import (
     RoomMetadataChanged,
     SipDTMFReceived,
     Subscription,
+    TrackSubscribed,
+    TrackUnpublished,
 )
+from room.media.frame import AudioFrame
+from room.media.source import AudioSource
+from room.media.stream import AudioStream
+from room.options import TrackPublishOptions
+from room.participant import LocalParticipant
 from room.room import Room
+from room.track import LocalAudioTrack
+from room.types import TrackSource
 
 __all__: list[str] = []
 
@@ -61,6 +73,42 @@ async def _observe(events: Subscription[RoomEvent], seen: _Seen) -> None:
     async for event in events:
         _say("    " + format_event(event))
         seen.add(event)
+
+
+async def _tone_step(alice: Room, bob: LocalParticipant, seen: _Seen) -> None:
+    """Bob publishes a tone; alice reads half a second of it and says what she hears
+    (counting zero crossings: no numpy in the library); bob unpublishes it."""
+    source = AudioSource(48000, 1)
+    track = LocalAudioTrack.create_audio_track("tone", source)
+    period = 48000 / 440
+
+    async def play() -> None:
+        n = 0
+        while True:
+            pcm = array.array("h", (int(12000 * math.sin(2 * math.pi * (n + i) / period))
+                                    for i in range(480)))
+            n += 480
+            await source.capture_frame(AudioFrame(pcm.tobytes(), 48000, 1, 480))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(play)
+        publication = await bob.publish_track(
+            track, TrackPublishOptions(source=TrackSource.MICROPHONE))
+        await seen.wait_for(TrackSubscribed, "bob")
+        remote = alice.remote_participants["bob"].track_publications[publication.sid].track
+        assert remote is not None
+        samples: list[int] = []
+        async with AudioStream(remote, sample_rate=16000) as stream:
+            async for frame in stream:
+                samples.extend(frame.data.tolist())
+                if len(samples) >= 24000:  # 1.5 s: a second to settle, half a second heard
+                    break
+        heard = samples[16000:]
+        crossings = sum(1 for a, b in itertools.pairwise(heard) if (a < 0) != (b < 0))
+        _say(f"  (alice hears {crossings / 2 / (len(heard) / 16000):.0f} Hz)")
+        await bob.unpublish_track(publication.sid)
+        await seen.wait_for(TrackUnpublished, "bob")
+        tg.cancel_scope.cancel()
 
 
 class _Stopped(Exception):
@@ -134,6 +182,9 @@ async def _demo_script(
         await step("bob presses 5 on his keypad (SIP DTMF)")
         await me.publish_dtmf(code=5, digit="5")
         await seen.wait_for(SipDTMFReceived, "bob")
+
+        await step("bob plays a 440 Hz tone on a microphone track; alice listens")
+        await _tone_step(alice, me, seen)
 
         await step("the server sets the room metadata")
         await server.update_room_metadata(_DEMO_ROOM, json.dumps({"topic": "structured IO"}))
