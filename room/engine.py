@@ -183,6 +183,8 @@ class Engine:
         self._early_state: list[rtc.SignalResponse] = []
         self._holding = False  # a rejoin's join response is not taken in yet
         self._pending: dict[int, _PendingRequest] = {}
+        # Data packets that came while joining, until `release_held` (None after it).
+        self._held: list[tuple[str, models.DataPacket]] | None = []
         self._tell_server = False  # leaving is our idea: say goodbye first
 
     # -- what the room and the participants see ------------------------------------------
@@ -929,6 +931,26 @@ class Engine:
         if not self.inbox.accept(packet, reliable=label != LOSSY):
             _log.debug("duplicate reliable packet %d from %s dropped", packet.sequence,
                        packet.participant_sid)
+            return
+        if self._held is not None:
+            self._held.append((label, packet))
+            return
+        self._dispatch_packet(label, packet)
+
+    def release_held(self) -> None:
+        """Deliver the packets that came while joining, and from now on each as it
+        comes. `Room.connect` calls this at its caller's first checkpoint, so that event
+        subscriptions, RPC methods and stream handlers set up at the top of the
+        ``async with`` block, before any ``await``, get what was sent to us as we joined
+        (a greeting sent the moment others heard of us, say)."""
+        held, self._held = self._held, None
+        for label, packet in held or ():
+            if self.closing:
+                return
+            self._dispatch_packet(label, packet)
+
+    def _dispatch_packet(self, label: str, packet: models.DataPacket) -> None:
+        if self.state is None:
             return
         which = packet.WhichOneof("value")
         sender = packet.participant_identity

@@ -164,6 +164,10 @@ class Room:
         return state
 
 
+async def _release_held(engine: Engine) -> None:
+    engine.release_held()
+
+
 class _RoomContext:
     """The async context manager `Room.connect` returns."""
 
@@ -193,6 +197,8 @@ class _RoomContext:
             raise
         self._stack = stack
         self._tg = tg
+        # Runs at the caller's first checkpoint, after what the top of its block set up.
+        tg.start_soon(_release_held, engine)
         return self._room
 
     async def __aexit__(

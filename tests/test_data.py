@@ -11,7 +11,12 @@ import pytest
 from livekit.protocol import models
 
 import room
-from room.events import DataReceived, SipDTMFReceived, TranscriptionReceived
+from room.events import (
+    DataReceived,
+    ParticipantConnected,
+    SipDTMFReceived,
+    TranscriptionReceived,
+)
 from room.transport.rtc import RELIABLE
 from tests.helpers import aiortc_tasks, client_tasks, known, next_event, wait_until
 from tests.servers import Server
@@ -358,3 +363,45 @@ async def test_a_message_over_the_server_limit_is_dropped_and_the_channel_goes_o
         await bob.local_participant.publish_data(b"after")
         got = [len((await next_event(events, DataReceived)).packet.data) for _ in range(2)]
         assert got == [64_500, len(b"after")]
+
+
+async def test_what_is_sent_to_a_newcomer_as_it_joins_reaches_it(server: Server) -> None:
+    """A greeter sends each newcomer a packet, an RPC call and a text stream the moment
+    it hears of them; that can reach the newcomer while it is still joining. Subscribed
+    (and with its method registered) at the top of its ``async with``, before any
+    ``await``, the newcomer gets all three, every time. (Found by the testing toolkit:
+    the packet used to be published before anyone could subscribe, and was lost.)"""
+    rounds = 4
+    async with server.connect("greeter") as greeter, anyio.create_task_group() as tg:
+        answers: list[str] = []
+
+        async def greet() -> None:
+            async for ev in greeter.events(ParticipantConnected):
+                assert isinstance(ev, ParticipantConnected)
+                who = ev.participant.identity
+                await greeter.local_participant.publish_data(
+                    f"hello {who}", topic="welcome", destination_identities=[who])
+                await greeter.local_participant.send_text(
+                    f"stream for {who}", topic="welcome", destination_identities=[who])
+                answers.append(await greeter.local_participant.perform_rpc(
+                    destination_identity=who, method="hi", payload=who))
+
+        def hi(call: room.RpcInvocationData) -> str:
+            return f"hi {call.payload}"
+
+        tg.start_soon(greet)
+        for n in range(rounds):
+            who = f"newcomer-{n}"
+            async with server.connect(who) as r:
+                events = r.events(DataReceived)
+                streams = r.text_streams("welcome")
+                r.local_participant.register_rpc_method("hi", hi)
+                with anyio.fail_after(server.presence_delay + 10):
+                    ev = await next_event(events, DataReceived)
+                    reader = await anext(aiter(streams))
+                    text = await reader.read_all()
+                assert ev.packet.data == f"hello {who}".encode()
+                assert text == f"stream for {who}"
+                await wait_until(lambda: len(answers) == n + 1, 10)  # noqa: B023
+        assert answers == [f"hi newcomer-{n}" for n in range(rounds)]
+        tg.cancel_scope.cancel()
