@@ -1,133 +1,14 @@
-"""A TCP proxy that breaks connections on demand: network faults for signalling.
+"""``python -m tests.faultproxy``: `room.testing.proxy.TcpProxy` in a process of its own.
 
-Clients connect to ``proxy.url`` instead of the server's; every connection is relayed to
-the server as is (WebSocket upgrade and frames included), until the test calls:
-
-- `TcpProxy.cut`: every live connection is closed at once, in both directions, without a
-  WebSocket close frame (what a NAT rebinding, a Wi-Fi handover or a load balancer
-  restart gives a client). New connections are accepted as before.
-- `TcpProxy.stall`: the live connections stop carrying bytes, in both directions, but
-  stay open (a silent network: only keepalives can notice); new connections work.
-  `TcpProxy.unstall` lets them go on.
-- `TcpProxy.refuse`: new connections are closed as soon as they are accepted, until
-  `TcpProxy.accept` (the server is unreachable).
-
-It runs in the test's task group on loopback (``async with TcpProxy(host, port) as
-proxy``); media and data do not go through it (they go over the peer connections).
+The proxy itself (cut, stall, refuse) is part of the testing toolkit; this module runs it
+where the test process cannot, e.g. inside a test network namespace.
 """
 
 from __future__ import annotations
 
-from contextlib import suppress
-from types import TracebackType
-
-import anyio
-from anyio.abc import SocketStream, TaskGroup
+from room.testing.proxy import TcpProxy
 
 __all__ = ["TcpProxy"]
-
-
-class _Pair:
-    def __init__(self, client: SocketStream, upstream: SocketStream) -> None:
-        self.client = client
-        self.upstream = upstream
-        self.scope = anyio.CancelScope()
-        self.flowing = anyio.Event()
-        self.flowing.set()
-
-
-class TcpProxy:
-    """Relays ``127.0.0.1:<port>`` to ``target_host:target_port``; see the module doc."""
-
-    def __init__(self, target_host: str, target_port: int, *,
-                 source_host: str | None = None) -> None:
-        self.target_host = target_host
-        self.target_port = target_port
-        self.source_host = source_host  # the address to connect to the target from
-        self.port = 0
-        self.connections = 0  # accepted so far
-        self.cuts = 0  # connections cut so far
-        self._pairs: set[_Pair] = set()
-        self._refusing = False
-        self._tg: TaskGroup | None = None
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> TcpProxy:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(listener.serve, self._handle)
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        await self._tg.__aexit__(exc_type, exc, tb)
-
-    def cut(self) -> int:
-        """Close every live connection now; how many there were."""
-        pairs = list(self._pairs)
-        for pair in pairs:
-            pair.scope.cancel()
-        self.cuts += len(pairs)
-        return len(pairs)
-
-    def stall(self) -> None:
-        """Stop carrying bytes on the live connections (new ones are not affected)."""
-        for pair in self._pairs:
-            pair.flowing = anyio.Event()
-
-    def unstall(self) -> None:
-        for pair in self._pairs:
-            pair.flowing.set()
-
-    def refuse(self) -> None:
-        self._refusing = True
-
-    def accept(self) -> None:
-        self._refusing = False
-
-    async def _handle(self, client: SocketStream) -> None:
-        async with client:
-            if self._refusing:
-                return
-            self.connections += 1
-            try:
-                upstream = await anyio.connect_tcp(self.target_host, self.target_port,
-                                                   local_host=self.source_host)
-            except OSError:
-                return
-            async with upstream:
-                pair = _Pair(client, upstream)
-                self._pairs.add(pair)
-                try:
-                    with pair.scope:
-                        async with anyio.create_task_group() as tg:
-                            tg.start_soon(self._pump, pair, client, upstream, tg)
-                            tg.start_soon(self._pump, pair, upstream, client, tg)
-                finally:
-                    self._pairs.discard(pair)
-                    # Closed without a goodbye: abort both ends (no lingering FIN waits).
-                    for stream in (client, upstream):
-                        with suppress(Exception):
-                            await anyio.aclose_forcefully(stream)
-
-    async def _pump(self, pair: _Pair, source: SocketStream, sink: SocketStream,
-                    tg: TaskGroup) -> None:
-        try:
-            while True:
-                data = await source.receive()
-                await pair.flowing.wait()
-                await sink.send(data)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                OSError):
-            pass
-        tg.cancel_scope.cancel()
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 import room
-from room.devserver import DevServer
 from room.events import (
     Disconnected,
     ParticipantAttributesChanged,
@@ -214,14 +213,3 @@ async def test_user_exception_propagates_unwrapped(server: Server) -> None:
         async with srv.connect("alice"):
             raise KeyError("mine")
     assert client_tasks() == []
-
-
-async def test_the_pytest_plugin_fixture_is_a_running_dev_server(
-        livekit_server: DevServer) -> None:
-    """`room.testing`'s ``livekit_server`` fixture (for users' own tests): a fresh dev
-    server with livekit-server's defaults."""
-    assert isinstance(livekit_server, DevServer)
-    assert livekit_server.presence_interval == 3.0
-    async with room.Room.connect(livekit_server.url,
-                                 livekit_server.token("a", room="r")) as a:
-        assert a.name == "r" and livekit_server.participants("r") == ["a"]

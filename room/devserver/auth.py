@@ -16,7 +16,8 @@ from typing import Any
 
 import jwt
 
-__all__ = ["AuthError", "Grants", "mint_token", "verify_api_token", "verify_token"]
+__all__ = ["AuthError", "Grants", "admin_token", "mint_token", "verify_api_token",
+           "verify_token"]
 
 # Clock skew allowed on exp/nbf, as LiveKit's server allows.
 _LEEWAY = 60.0
@@ -89,6 +90,26 @@ def mint_token(
         claims["kind"] = kind
     with warnings.catch_warnings():
         # Short secrets (the dev default "secret") are the user's choice for local use.
+        warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
+        return jwt.encode(claims, api_secret, algorithm="HS256")
+
+
+def admin_token(api_key: str, api_secret: str, *, room: str = "", room_admin: bool = True,
+                room_list: bool = False, room_create: bool = False, ttl: float = 600.0) -> str:
+    """A token for LiveKit's server API (not for joining): ``roomAdmin`` of ``room``,
+    and ``roomList`` / ``roomCreate`` when asked."""
+    now = int(time.time())
+    video: dict[str, Any] = {}
+    if room:
+        video["room"] = room
+    if room_admin:
+        video["roomAdmin"] = True
+    if room_list:
+        video["roomList"] = True
+    if room_create:
+        video["roomCreate"] = True
+    claims = {"iss": api_key, "nbf": now, "exp": now + int(ttl), "video": video}
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
         return jwt.encode(claims, api_secret, algorithm="HS256")
 
