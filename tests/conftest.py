@@ -99,6 +99,14 @@ async def start_livekit_server(request: pytest.FixtureRequest, log_dir: Path
         await anyio.to_thread.run_sync(lk.stop)
 
 
+# For tests that spend long waiting out the real server's timers: both backends on the dev
+# server, one on livekit-server (what livekit-server does does not depend on the client's
+# backend; what the client does is checked on both). Keeps CI within its time.
+livekit_once = pytest.mark.parametrize(
+    ("anyio_backend", "server"), [("asyncio", "dev"), ("trio", "dev"), ("asyncio", "livekit")],
+    indirect=["server"])
+
+
 @pytest.fixture(params=["dev", "livekit"])
 async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Server]:
     """A fresh server for this test: the dev server or livekit-server."""

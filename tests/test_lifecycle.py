@@ -17,6 +17,7 @@ from room.devserver import DevServer
 from room.events import Disconnected, ParticipantAttributesChanged, ParticipantDisconnected
 from room.transport.signal import SignalClosed, connect_signal
 from room.transport.url import signal_params
+from tests.conftest import livekit_once
 from tests.helpers import client_tasks, known, next_event, wait_until
 from tests.servers import Server
 
@@ -101,6 +102,7 @@ async def test_a_participant_whose_webrtc_never_connects_is_removed(
 
 
 @pytest.mark.devserver(ping_interval=1, ping_timeout=2)
+@livekit_once
 async def test_missing_pongs_end_the_room_with_a_reason(server: Server) -> None:
     """The server goes silent with the socket open: the dev server by its partition hook
     (for this one participant), livekit-server by being stopped (SIGSTOP). Without a
@@ -131,6 +133,7 @@ async def test_missing_pongs_end_the_room_with_a_reason(server: Server) -> None:
 
 
 @pytest.mark.devserver(ping_interval=1, ping_timeout=2)
+@livekit_once
 async def test_slow_consumer_is_cut_off_but_the_room_stays_alive(server: Server) -> None:
     opts = room.RoomOptions(event_buffer_size=4)
     async with server.connect("a", options=opts) as a, server.connect("b") as b:

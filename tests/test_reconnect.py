@@ -33,6 +33,7 @@ from room.events import (
     RoomEvent,
 )
 from room.types import ConnectionState
+from tests.conftest import livekit_once
 from tests.faultproxy import TcpProxy
 from tests.helpers import client_tasks, known, next_event, wait_until
 from tests.servers import Server
@@ -390,6 +391,7 @@ async def media_partition(server: Server, *identities: str) -> AsyncIterator[Non
             yield
 
 
+@livekit_once
 async def test_a_media_partition_is_survived(
         server: Server, figures: Figures) -> None:
     """All UDP between the server and both clients is dropped for 18 s, while reliable

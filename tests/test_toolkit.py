@@ -346,7 +346,7 @@ def test_the_example_suite_passes_on_livekit_server(figures: Callable[[str], Non
     binary = livekit_binary()
     assert binary is not None
     with netns() as ns:
-        result = _pytest(["--livekit-server", binary], {"MODERATOR_EXAMPLES": "4"},
+        result = _pytest(["--livekit-server", binary], {"MODERATOR_EXAMPLES": "3"},
                          timeout=220, prefix=ns.argv([]))
     summary = result.stdout.strip().splitlines()[-1:] or [""]
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
