@@ -22,10 +22,23 @@ def test_importing_does_not_import_aiortc_or_av(module: str) -> None:
     out = _run(f"""
         import sys
         import {module}
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("aiortc", "av", "aioice"))
+        heavy = sorted(m for m in sys.modules
+                       if m.split(".")[0] in ("aiortc", "av", "aioice", "hypothesis"))
         print(heavy)
     """)
     assert out.strip() == "[]", out
+
+
+def test_the_testing_toolkit_names_are_all_there() -> None:
+    out = _run("""
+        import room.testing as t
+        for name in t.__all__:
+            getattr(t, name)
+        from room.testing import RoomMachine, Scenario, strategies
+        assert strategies.histories and Scenario.play and RoomMachine.run
+        print("ok")
+    """)
+    assert out.strip() == "ok"
 
 
 def test_every_exported_name_is_still_there() -> None:
