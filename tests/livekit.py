@@ -20,7 +20,6 @@ import functools
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from room.testing.servers import livekit_config, stop_livekit
 from tests.netns import NetNs, netns_unavailable
 
 __all__ = [
@@ -166,27 +166,7 @@ class RedisServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self.proc is not None:
-            _stop(self.proc)
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGCONT)  # in case a test froze it
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(0.2)
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    # livekit-server shuts down gracefully on the first signal (draining rooms takes a
-    # second or more); a second one forces it.
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(3)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(3)
+            stop_livekit(self.proc)
 
 
 class LiveKitServer:
@@ -226,23 +206,10 @@ class LiveKitServer:
     def config(self) -> str:
         """The YAML config: no external IP discovery; the embedded TURN server (on the
         namespace address) stands in for the public STUN servers clients would be told."""
-        lines = [
-            f"port: {self.port}",
-            "rtc:",
-            f"  udp_port: {self.rtc_port}",
-            "  tcp_port: 0",
-            "  use_external_ip: false",
-            "turn:",
-            "  enabled: true",
-            f"  udp_port: {self.turn_port}",
-            "keys:",
-            f"  {self.api_key}: {self.api_secret}",
-            "logging:",
-            "  level: info",
-        ]
-        if self.redis:
-            lines += ["redis:", f"  address: {self.redis}"]
-        return "\n".join(lines) + "\n" + self.extra_config
+        return livekit_config(port=self.port, rtc_port=self.rtc_port,
+                              turn_port=self.turn_port, api_key=self.api_key,
+                              api_secret=self.api_secret, redis=self.redis
+                              ) + self.extra_config
 
     def start(self, timeout: float = 20.0) -> None:
         binary = livekit_binary()
@@ -264,7 +231,7 @@ class LiveKitServer:
         """Stop it by PID, at once: a second SIGTERM forces it after 0.2 s. (A single
         SIGTERM is a graceful stop, which tells its participants but takes seconds.)"""
         if self.proc is not None:
-            _stop(self.proc)
+            stop_livekit(self.proc)
 
     def kill(self) -> None:
         """Crash it: SIGKILL by PID, so it says nothing to anyone (``start`` again to

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import Any, Literal, TypeVar
@@ -31,7 +31,7 @@ from livekit.protocol import room as room_proto
 
 import room
 from room.devserver import DevServer
-from room.devserver.auth import mint_token
+from room.testing.servers import RoomServer, ServerSpec
 from tests.livekit import LiveKitServer
 
 __all__ = ["Server", "in_asyncio", "run_livekit_api"]
@@ -58,18 +58,18 @@ async def run_livekit_api(url: str, key: str, secret: str,
     return await in_asyncio(with_api)
 
 
-class Server:
-    """A running server under test (see the module docstring)."""
+class Server(RoomServer):
+    """A running server under test (see the module docstring): the testing toolkit's
+    `RoomServer` (tokens, faults; a `Scenario` takes it as is), with the server API
+    through the official ``livekit-api`` and what this test setup needs besides."""
 
-    def __init__(self, kind: Kind, *, url: str, http_url: str, api_key: str, api_secret: str,
+    def __init__(self, kind: Kind, *, url: str, api_key: str, api_secret: str,
                  dev: DevServer | None = None, livekit: LiveKitServer | None = None,
                  host_addresses: Sequence[str] | None = None) -> None:
+        spec = (ServerSpec("dev", api_key=api_key, api_secret=api_secret) if kind == "dev"
+                else ServerSpec("url", url=url, api_key=api_key, api_secret=api_secret))
+        super().__init__(spec, url=url, dev=dev)
         self.kind: Kind = kind
-        self.url = url
-        self.http_url = http_url
-        self.api_key = api_key
-        self.api_secret = api_secret
-        self.dev = dev
         self.livekit = livekit
         self._host_addresses = tuple(host_addresses) if host_addresses is not None else None
         # How late the others may hear of a join or leave of a participant that publishes
@@ -82,30 +82,16 @@ class Server:
 
     @classmethod
     def of_dev(cls, dev: DevServer) -> Server:
-        return cls("dev", url=dev.url, http_url=dev.url.replace("ws://", "http://", 1),
-                   api_key=dev.api_key, api_secret=dev.api_secret, dev=dev)
+        return cls("dev", url=dev.url, api_key=dev.api_key, api_secret=dev.api_secret,
+                   dev=dev)
 
     @classmethod
     def of_livekit(cls, lk: LiveKitServer) -> Server:
         hosts = (lk.ns.client_ip,) if lk.ns.exposed else None
-        return cls("livekit", url=lk.url, http_url=lk.http_url, api_key=lk.api_key,
-                   api_secret=lk.api_secret, livekit=lk, host_addresses=hosts)
+        return cls("livekit", url=lk.url, api_key=lk.api_key, api_secret=lk.api_secret,
+                   livekit=lk, host_addresses=hosts)
 
     # -- joining -------------------------------------------------------------------------
-
-    def token(
-        self, identity: str, *, room: str, name: str | None = None,
-        metadata: str | None = None, attributes: Mapping[str, str] | None = None,
-        can_publish: bool = True, can_subscribe: bool = True, can_publish_data: bool = True,
-        can_update_own_metadata: bool = True, hidden: bool = False, ttl: float = 3600.0,
-        kind: str | None = None,
-    ) -> str:
-        """A standard access token this server accepts (same grants as `DevServer.token`)."""
-        return mint_token(
-            self.api_key, self.api_secret, identity, room=room, name=name, metadata=metadata,
-            attributes=attributes, can_publish=can_publish, can_subscribe=can_subscribe,
-            can_publish_data=can_publish_data, can_update_own_metadata=can_update_own_metadata,
-            hidden=hidden, ttl=ttl, kind=kind)
 
     def options(self, options: room.RoomOptions | None = None, **fields: Any
                 ) -> room.RoomOptions:

@@ -53,10 +53,12 @@ __all__ = [
     "TwirpError",
     "UnsupportedFaultError",
     "configured_specs",
+    "livekit_config",
     "default_spec",
     "open_server",
     "parse_spec",
     "parse_specs",
+    "stop_livekit",
 ]
 
 ENV = "ROOM_TEST_SERVER"
@@ -334,6 +336,50 @@ def _free_port(kind: int) -> int:
         return port
 
 
+def livekit_config(*, port: int, rtc_port: int, turn_port: int, api_key: str,
+                   api_secret: str, redis: str | None = None) -> str:
+    """A livekit-server YAML config that keeps it local: signalling and HTTP on ``port``,
+    media on ``rtc_port`` (UDP, one port), no external-IP discovery, and its embedded TURN
+    server (which answers STUN too) on ``turn_port`` in place of the public STUN servers
+    it would otherwise hand to clients. ``redis`` (``host:port``) joins a cluster."""
+    lines = [
+        f"port: {port}",
+        "rtc:",
+        f"  udp_port: {rtc_port}",
+        "  tcp_port: 0",
+        "  use_external_ip: false",
+        "turn:",
+        "  enabled: true",
+        f"  udp_port: {turn_port}",
+        "keys:",
+        f"  {api_key}: {api_secret}",
+        "logging:",
+        "  level: info",
+    ]
+    if redis:
+        lines += ["redis:", f"  address: {redis}"]
+    return "\n".join(lines) + "\n"
+
+
+def stop_livekit(proc: subprocess.Popen[Any]) -> None:
+    """Stop a livekit-server process (by PID) at once: the first SIGTERM starts its
+    graceful drain (seconds, telling every participant), a second one after 0.2 s cuts
+    it short, SIGKILL after 3 s more. (SIGCONT first, in case a test froze it.)"""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGCONT)
+    proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(0.2)
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(3)
+
+
 class LiveKitProcess:
     """``livekit-server`` started from ``binary`` on free ports, with a config that keeps
     it local: no external-IP discovery, its embedded TURN server (which answers STUN) in
@@ -355,20 +401,9 @@ class LiveKitProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def config(self) -> str:
-        return "\n".join([
-            f"port: {self.port}",
-            "rtc:",
-            f"  udp_port: {self.rtc_port}",
-            "  tcp_port: 0",
-            "  use_external_ip: false",
-            "turn:",
-            "  enabled: true",
-            f"  udp_port: {self.turn_port}",
-            "keys:",
-            f"  {self.api_key}: {self.api_secret}",
-            "logging:",
-            "  level: info",
-        ]) + "\n"
+        return livekit_config(port=self.port, rtc_port=self.rtc_port,
+                              turn_port=self.turn_port, api_key=self.api_key,
+                              api_secret=self.api_secret)
 
     def start(self, timeout: float = 20.0) -> None:
         """Start it; return once it accepts connections (RuntimeError with its log if not)."""
@@ -403,20 +438,9 @@ class LiveKitProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        """Stop it at once: a second SIGTERM cuts its graceful drain short."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(0.2)
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(3)
+        """Stop it at once (see `stop_livekit`)."""
+        if self.proc is not None:
+            stop_livekit(self.proc)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
