@@ -371,7 +371,7 @@ async def test_what_is_sent_to_a_newcomer_as_it_joins_reaches_it(server: Server)
     (and with its method registered) at the top of its ``async with``, before any
     ``await``, the newcomer gets all three, every time. (Found by the testing toolkit:
     the packet used to be published before anyone could subscribe, and was lost.)"""
-    rounds = 4
+    rounds = 3
     async with server.connect("greeter") as greeter, anyio.create_task_group() as tg:
         answers: list[str] = []
 

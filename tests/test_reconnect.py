@@ -210,6 +210,7 @@ async def test_publish_data_during_a_resume_waits_and_is_delivered_once(
 
 
 @pytest.mark.devserver(ping_interval=1, ping_timeout=2)
+@livekit_once
 async def test_silent_signalling_is_noticed_by_the_keepalive_and_resumed(
         server: Server, figures: Figures) -> None:
     """The connection stays open but carries nothing: missing pongs end it after the
