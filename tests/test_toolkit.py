@@ -19,6 +19,7 @@ import room
 from room.events import (
     DataReceived,
     Disconnected,
+    ParticipantConnected,
     Reconnected,
     RoomMetadataChanged,
     TrackPublished,
@@ -260,6 +261,36 @@ async def test_faults_a_server_cannot_take_are_refused(server: Server) -> None:
         with pytest.raises(UnsupportedFaultError):
             await scenario.server.drop_udp(scenario.room, "x", 1.0)
         assert scenario.played == []
+
+
+@pytest.mark.anyio
+async def test_puppets_answer_the_agents_rpc_calls(server: Server) -> None:
+    """An agent that calls each newcomer: the puppets answer with ``puppet_methods``, and
+    each puppet records the calls it received."""
+    answers: list[str] = []
+
+    async def greeter(url: str, token: str) -> None:
+        async with room.Room.connect(url, token, options=server.options()) as r:
+            async for ev in r.events(ParticipantConnected):
+                assert isinstance(ev, ParticipantConnected)
+                answers.append(await r.local_participant.perform_rpc(
+                    destination_identity=ev.participant.identity, method="name?",
+                    payload="please"))
+
+    async def name(call: room.RpcInvocationData) -> str:
+        return f"{call.payload}: I am the one {call.caller_identity} called"
+
+    async with scenario_on(server, puppet_methods={"name?": name}) as scenario, \
+            anyio.create_task_group() as tg:
+        tg.start_soon(greeter, scenario.agent_url, scenario.agent_token())
+        await scenario.wait_for_agent()
+        await scenario.play([Join("ann"), Join("bob")])
+        await wait_until(lambda: len(answers) == 2, server.presence_delay + 10)
+        assert answers == ["please: I am the one agent called"] * 2
+        for who in ("ann", "bob"):
+            calls = scenario.puppets[who].calls_received
+            assert [(c.caller_identity, c.payload) for c in calls] == [("agent", "please")]
+        tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio

@@ -23,7 +23,7 @@ import contextlib
 import inspect
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     import room
     from room.data import DataPacket
     from room.events import RoomEvent
+    from room.rpc import RpcHandler, RpcInvocationData
 
 __all__ = ["Puppet", "RpcOutcome", "Scenario", "ScenarioError"]
 
@@ -92,6 +93,7 @@ class Puppet:
     sessions: int = 0
     session_starts: list[int] = field(default_factory=list)  # index in events of each
     sids: list[str] = field(default_factory=list)  # its participant sid in each session
+    calls_received: list[RpcInvocationData] = field(default_factory=list)
     room: room.Room | None = None
     _stop: anyio.Event = field(default_factory=anyio.Event)
     _done: anyio.Event = field(default_factory=anyio.Event)
@@ -135,7 +137,9 @@ class Scenario:
     `RoomServer`, for the faults that need the server's help). ``room`` is the room
     (default: a fresh name), ``agent`` the identity the agent under test joins as.
     ``puppet_options`` are the puppets' `room.RoomOptions` (default: no automatic
-    subscription, which spares CPU). Each step must complete within ``step_timeout``
+    subscription, which spares CPU); ``puppet_methods`` (name -> handler) are RPC methods
+    every puppet answers, for agents that call participants (each call is recorded in
+    the puppet's ``calls_received``). Each step must complete within ``step_timeout``
     seconds; RPC calls time out after ``rpc_timeout``.
     """
 
@@ -143,6 +147,7 @@ class Scenario:
                  api_secret: str = "secret", server: RoomServer | None = None,
                  room: str | None = None, agent: str = "agent",
                  puppet_options: room.RoomOptions | None = None,
+                 puppet_methods: Mapping[str, RpcHandler] | None = None,
                  step_timeout: float = 10.0, rpc_timeout: float = 5.0) -> None:
         if server is None:
             if url is None:
@@ -160,6 +165,7 @@ class Scenario:
         self.step_timeout = step_timeout
         self.rpc_timeout = rpc_timeout
         self._puppet_options = puppet_options
+        self._puppet_methods = dict(puppet_methods or {})
         self.puppets: dict[str, Puppet] = {}
         self.played: list[Happening] = []
         self._proxy: TcpProxy | None = None
@@ -371,6 +377,9 @@ class Scenario:
                 puppet.sessions += 1
                 puppet.session_starts.append(len(puppet.events))
                 puppet.sids.append(r.local_participant.sid)
+                for method, handler in self._puppet_methods.items():
+                    r.local_participant.register_rpc_method(
+                        method, _recording(puppet, handler))
                 puppet._tg = tg
                 tg.start_soon(self._record, puppet, subscription)
                 task_status.started()
@@ -431,6 +440,17 @@ class Scenario:
                                     for i in range(per_frame)))
             n += per_frame
             await source.capture_frame(room_pkg.AudioFrame(pcm.tobytes(), rate, 1, per_frame))
+
+
+def _recording(puppet: Puppet, handler: RpcHandler) -> RpcHandler:
+    async def answer(call: RpcInvocationData) -> str:
+        puppet.calls_received.append(call)
+        result = handler(call)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    return answer
 
 
 def step_seconds(step: Happening) -> float:
