@@ -179,8 +179,12 @@ class ModeratorMachine(RoomMachine):
         assert set(self.moderator.roster) <= set(self.scenario.puppets)
 
     def final_checks(self) -> None:
-        self.eventually(lambda: set(self.moderator.roster) == self.scenario.present,
-                        timeout=NOTICE, message="the roster is wrong")
+        try:
+            self.eventually(lambda: set(self.moderator.roster) == self.scenario.present,
+                            timeout=NOTICE, message="the roster is wrong")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: it lists {sorted(self.moderator.roster)}, "
+                                 f"present: {sorted(self.scenario.present)}") from None
 
 
 def test_moderator_state_machine(anyio_backend: str, livekit_server_spec: ServerSpec) -> None:

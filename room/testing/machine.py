@@ -155,6 +155,10 @@ class RoomMachine(RuleBasedStateMachine):
             if self._stop is not None:
                 self.portal.call(self._stop.set)
             self._lifetime.result(timeout=30)
+        except TimeoutError:
+            # Something did not end in time: cancel it rather than wait for ever.
+            self.portal.call(self.portal.stop, True)
+            raise
         finally:
             self._portal_cm.__exit__(None, None, None)
 

@@ -468,6 +468,7 @@ def stop_shared_processes() -> None:
     while _processes:
         _, process = _processes.popitem()
         process.stop()
+        shutil.rmtree(process.dir, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
