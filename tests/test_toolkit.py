@@ -377,7 +377,10 @@ def test_the_example_suite_passes_on_livekit_server(figures: Callable[[str], Non
         pytest.skip(reason)
     binary = livekit_binary()
     assert binary is not None
-    with netns() as ns:
+    # exposed: only the server end of the veth pair is inside the namespace, so everything
+    # in it (livekit-server and the clients) has one address; with both ends inside, ICE
+    # had twice the pairs to try and a join sometimes missed its 10 s (2 runs in 13).
+    with netns(exposed=True) as ns:
         # A 20 s notice: on livekit-server an agent's reconnection occasionally waits out
         # a 10 s attempt first (see docs/reliability.md), and the roster with it.
         result = _pytest(["--livekit-server", binary],
