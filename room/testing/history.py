@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, get_args
 
 __all__ = [
     "CallRpc",
@@ -134,8 +134,7 @@ class Pause:
 Happening: TypeAlias = (Join | Leave | Remove | SetName | SetMetadata | SetAttributes
                         | SendData | CallRpc | PublishTone | SetRoomMetadata | Fault | Pause)
 
-_HAPPENINGS = (Join, Leave, Remove, SetName, SetMetadata, SetAttributes, SendData, CallRpc,
-               PublishTone, SetRoomMetadata, Fault, Pause)
+_HAPPENINGS: tuple[type, ...] = get_args(Happening)
 
 
 def check_history(history: Iterable[Happening], *, agent: str,

@@ -23,7 +23,7 @@ import contextlib
 import inspect
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +35,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from room.testing.history import (
     CallRpc,
     Fault,
+    FaultKind,
     Happening,
     Join,
     Leave,
@@ -191,9 +192,9 @@ class Scenario:
         return self.server.token(self.agent, room=self.room, **grants)
 
     @property
-    def faults(self) -> frozenset[str]:
+    def faults(self) -> frozenset[FaultKind]:
         """The `Fault` kinds this scenario can deal its agent."""
-        kinds = set(self.server.faults)
+        kinds: set[FaultKind] = set(self.server.faults)
         if self._proxy is not None:
             kinds.add("cut_signal")
         else:
@@ -460,13 +461,3 @@ def step_seconds(step: Happening) -> float:
     if isinstance(step, Fault) and step.kind == "restart":
         return step.seconds
     return 0.0
-
-
-def identities_of(history: Sequence[Happening]) -> list[str]:
-    """The puppets a history names, in order of first appearance."""
-    seen: dict[str, None] = {}
-    for step in history:
-        who = getattr(step, "identity", None)
-        if isinstance(who, str):
-            seen.setdefault(who)
-    return list(seen)

@@ -42,12 +42,13 @@ import httpx
 from livekit.protocol import models
 from livekit.protocol import room as room_proto
 
+from room.testing.history import FaultKind
+
 if TYPE_CHECKING:
     import room
     from room.devserver import DevServer
 
 __all__ = [
-    "Fault",
     "RoomServer",
     "ServerSpec",
     "TwirpError",
@@ -65,8 +66,7 @@ ENV = "ROOM_TEST_SERVER"
 # Set by the pytest plugin from ``--livekit-server`` (it wins over the environment).
 _option: str | None = None
 
-Fault = Literal["cut_signal", "drop_udp", "restart"]
-ALL_FAULTS: frozenset[Fault] = frozenset({"cut_signal", "drop_udp", "restart"})
+ALL_FAULTS: frozenset[FaultKind] = frozenset({"cut_signal", "drop_udp", "restart"})
 
 
 class UnsupportedFaultError(RuntimeError):
@@ -184,7 +184,7 @@ class RoomServer:
         return self.url.replace("ws", "http", 1)
 
     @property
-    def faults(self) -> frozenset[Fault]:
+    def faults(self) -> frozenset[FaultKind]:
         """The faults `cut_signal`, `drop_udp` and `restart` can deal here. (A
         `room.testing.Scenario` cuts its agent's signalling on any server, through a
         proxy of its own.)"""
@@ -287,7 +287,7 @@ class RoomServer:
 
     # -- faults ------------------------------------------------------------------------
 
-    def _require(self, fault: Fault) -> None:
+    def _require(self, fault: FaultKind) -> None:
         if fault not in self.faults:
             where = ("a livekit-server this test run did not start" if self.kind == "livekit"
                      and self._process is None else f"{self.spec.id} server")
