@@ -67,6 +67,7 @@ def is_spam(step: Happening) -> bool:
 
 chat = rst.histories(agent="mod", puppets=int(os.environ.get("MODERATOR_PUPPETS", "2")),
                      methods=["ask", "who"], topics=[None, "chat"], faults=["cut_signal"],
+                     min_size=int(os.environ.get("MODERATOR_MIN_STEPS", "1")),
                      max_size=int(os.environ.get("MODERATOR_STEPS", "8")))
 
 
