@@ -83,6 +83,9 @@ _LEAVE_TIMEOUT = 2.0
 # How long a transport failure waits for a ``leave`` that may explain it (see
 # `Engine._leave_instead`).
 _LEAVE_GRACE = 1.0
+# Attempts at the first join, within ``connect_timeout`` (a signalling cut or a failed
+# transport between the join response and a usable room starts the next one).
+_JOIN_ATTEMPTS = 3
 # The largest data packet (serialized) we send: the data channel's default message size.
 MAX_DATA_PACKET = 64_000
 # Reliable packets kept for a resume: more than the transport can have in flight (our
@@ -100,6 +103,16 @@ class _Fault:
     generation: int
     message: str
     leave: rtc.LeaveRequest | None = None
+
+
+def _leave_says_reconnect(fault: _Fault) -> bool:
+    """A ``leave`` that asks the client to come back (resume or rejoin), not to go."""
+    leave = fault.leave
+    if leave is None:
+        return False
+    action = rtc.LeaveRequest.Action.Name(leave.action)
+    return action in ("RECONNECT", "RESUME") or (action == "DISCONNECT"
+                                                 and leave.can_reconnect)
 
 
 class _PendingRequest:
@@ -243,16 +256,63 @@ class Engine:
             self.done.set()
 
     async def _first_join(self) -> None:
+        """Join within ``connect_timeout``. Signalling lost or WebRTC failing after the
+        join response (before the room is usable) is a fresh attempt, up to
+        ``_JOIN_ATTEMPTS`` in all; a ``leave`` from the server ends the join at once."""
         timeout = self.options.connect_timeout
+        lost: list[str] = []
         with anyio.move_on_after(timeout) as scope:
-            await self._join()
+            while True:
+                fault = await self._join_attempt()
+                if fault is None:
+                    return
+                if fault.kind == "leave" and not _leave_says_reconnect(fault):
+                    assert fault.leave is not None
+                    reason = DisconnectReason.from_wire(fault.leave.reason)
+                    raise ConnectError(f"the server ended the session while joining "
+                                       f"({reason.name})")
+                lost.append(fault.message)
+                self._retire_signal()
+                self._retire_transport()
+                if len(lost) == _JOIN_ATTEMPTS:
+                    raise ConnectError(f"could not join {self.url} in {len(lost)} attempts: "
+                                       + "; ".join(lost))
+                _log.warning("join attempt %d failed (%s); trying again", len(lost),
+                             fault.message)
         if scope.cancelled_caught:
             if self.lifecycle.disconnect_reason is not None:
                 raise ConnectError(f"the server ended the session while joining "
                                    f"({self.lifecycle.disconnect_reason.name})")
             raise ConnectError(f"timed out after {timeout:g} s connecting to {self.url}"
                                + ("" if self.state is None else
-                                  " (joined, but WebRTC did not connect)"))
+                                  " (joined, but WebRTC did not connect)")
+                               + "".join(f"; attempt {n} failed: {m}"
+                                         for n, m in enumerate(lost, 1)))
+
+    async def _join_attempt(self) -> _Fault | None:
+        """One `_join`, watched: the fault that broke it (the join is abandoned), or None
+        once joined. Faults about what an earlier attempt opened are moot."""
+        broke: _Fault | None = None
+        failed: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            async def watch() -> None:
+                nonlocal broke
+                async for fault in self._faults:
+                    current = self._signal if fault.kind != "transport" else self._transport
+                    if current is not None and current.generation == fault.generation:
+                        broke = fault
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch)
+            try:
+                await self._join()
+            except Exception as exc:  # raised below, not in an exception group
+                failed = exc
+            tg.cancel_scope.cancel()
+        if failed is not None and broke is None:
+            raise failed
+        return broke
 
     async def _supervise(self) -> None:
         """Wait for faults; repair the connection as the lifecycle says, until it ends."""

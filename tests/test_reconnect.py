@@ -295,6 +295,45 @@ async def test_server_gone_for_good_ends_the_room_by_the_deadline(
     assert client_tasks() == []
 
 
+async def test_signalling_lost_while_joining_is_a_fresh_attempt(
+        server: Server, figures: Figures) -> None:
+    """The signalling connection drops right after the join response, before the peer
+    connections can come up (the server's offer never arrives): `Room.connect` joins
+    again at once, rather than wait out ``connect_timeout`` and fail; the room then works,
+    and the server lists us once."""
+    async with proxied(server) as proxy:
+        proxy.cut_after_messages(1)
+        started = time.monotonic()
+        async with connect(server, proxy, "me") as me, connect(server, proxy, "other") as other:
+            took = time.monotonic() - started
+            assert (proxy.connections, proxy.cuts) == (3, 1)
+            assert me.connection_state is ConnectionState.CONNECTED
+            await known(other, "me", timeout=10)
+            got = other.events(DataReceived)
+            await me.local_participant.publish_data(b"joined", topic="t")
+            assert (await next_event(got, DataReceived, timeout=10)).packet.data == b"joined"
+            assert await server.participants("r") == ["me", "other"]
+            assert took < 5.0, took  # not the 10 s connect timeout
+        figures(f"[{server.kind}] join with its signalling cut after the join response: "
+                f"connected in {took:.2f} s (both rooms)")
+    assert client_tasks() == []
+
+
+async def test_a_join_cut_every_time_fails_after_three_attempts(server: Server) -> None:
+    """Cut after the join response every time: a `ConnectError` naming the attempts,
+    long before ``connect_timeout``, and nothing left running."""
+    async with proxied(server) as proxy:
+        proxy.cut_after_messages(1, connections=10)
+        started = time.monotonic()
+        with pytest.raises(room.ConnectError, match=r"in 3 attempts: signal") as caught:
+            async with connect(server, proxy, "me", connect_timeout=20.0):
+                pytest.fail("connected through a proxy that cuts every join")
+        took = time.monotonic() - started
+        assert (proxy.connections, proxy.cuts) == (3, 3), caught.value
+        assert took < 10.0, took
+    await wait_until(lambda: client_tasks() == [], timeout=3.0)
+
+
 async def test_without_a_policy_the_first_fault_ends_the_room(server: Server) -> None:
     async with proxied(server) as proxy, connect(server, proxy, "me", policy=None) as me:
         events = me.events(Reconnecting, Disconnected)

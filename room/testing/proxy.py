@@ -11,6 +11,9 @@ the server as is (WebSocket upgrade and frames included), until the test calls:
   `TcpProxy.unstall` lets them go on.
 - `TcpProxy.refuse`: new connections are closed as soon as they are accepted, until
   `TcpProxy.accept` (the server is unreachable).
+- `TcpProxy.cut_after_messages`: the next connection(s) are cut as soon as the server
+  has sent ``n`` WebSocket messages on each (1: right after the join response, before any
+  offer: the client has joined, but its peer connections cannot come up).
 
 It runs in the test's task group on loopback (``async with TcpProxy(host, port) as
 proxy``); media and data do not go through it (they go over the peer connections).
@@ -36,6 +39,53 @@ class _Pair:
         self.scope = anyio.CancelScope()
         self.flowing = anyio.Event()
         self.flowing.set()
+        self.cut_after: int | None = None  # WebSocket messages from the server
+
+
+class _MessageCounter:
+    """Finds where the server's ``n``-th WebSocket message ends in the bytes it sends:
+    its HTTP upgrade response, then frames (unmasked, from a server; a message may span
+    several frames, the last with FIN; control frames do not count)."""
+
+    def __init__(self, messages: int) -> None:
+        self.left = messages
+        self.buffer = b""
+        self.in_headers = True
+
+    def feed(self, data: bytes) -> int | None:
+        """Of ``data``, how many bytes to forward before cutting (None: all, go on)."""
+        start = len(self.buffer)
+        self.buffer += data
+        pos = 0
+        if self.in_headers:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return None
+            self.in_headers = False
+            pos = end + 4
+        while True:
+            header = self.buffer[pos:pos + 2]
+            if len(header) < 2:
+                break
+            fin, opcode, length = header[0] & 0x80, header[0] & 0x0F, header[1] & 0x7F
+            at = pos + 2
+            if length >= 126:
+                size = 2 if length == 126 else 8
+                if len(self.buffer) < at + size:
+                    break
+                length = int.from_bytes(self.buffer[at:at + size], "big")
+                at += size
+            if header[1] & 0x80:
+                at += 4  # masked (not from a server, but be exact)
+            if len(self.buffer) < at + length:
+                break
+            pos = at + length
+            if fin and opcode < 8:
+                self.left -= 1
+                if self.left == 0:
+                    return max(0, pos - start)
+        self.buffer = self.buffer[pos:]
+        return None
 
 
 class TcpProxy:
@@ -51,6 +101,8 @@ class TcpProxy:
         self.cuts = 0  # connections cut so far
         self._pairs: set[_Pair] = set()
         self._refusing = False
+        self._cut_after: int | None = None
+        self._cut_connections = 0
         self._tg: TaskGroup | None = None
 
     @property
@@ -91,6 +143,14 @@ class TcpProxy:
     def refuse(self) -> None:
         self._refusing = True
 
+    def cut_after_messages(self, n: int = 1, *, connections: int = 1) -> None:
+        """Cut each of the next ``connections`` connections once the server has sent ``n``
+        WebSocket messages on it (what follows them in the same read is not delivered);
+        the connections after those are relayed as usual."""
+        if n < 1 or connections < 1:
+            raise ValueError("n and connections must be at least 1")
+        self._cut_after, self._cut_connections = n, connections
+
     def accept(self) -> None:
         self._refusing = False
 
@@ -106,6 +166,9 @@ class TcpProxy:
                 return
             async with upstream:
                 pair = _Pair(client, upstream)
+                if self._cut_connections > 0:
+                    pair.cut_after = self._cut_after
+                    self._cut_connections -= 1
                 self._pairs.add(pair)
                 try:
                     with pair.scope:
@@ -121,10 +184,18 @@ class TcpProxy:
 
     async def _pump(self, pair: _Pair, source: SocketStream, sink: SocketStream,
                     tg: TaskGroup) -> None:
+        counter = (_MessageCounter(pair.cut_after)
+                   if pair.cut_after is not None and source is pair.upstream else None)
         try:
             while True:
                 data = await source.receive()
                 await pair.flowing.wait()
+                if counter is not None and (until := counter.feed(data)) is not None:
+                    if until:
+                        await sink.send(data[:until])
+                    self.cuts += 1
+                    pair.scope.cancel()
+                    return
                 await sink.send(data)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
                 OSError):
