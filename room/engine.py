@@ -83,9 +83,6 @@ _LEAVE_TIMEOUT = 2.0
 # How long a transport failure waits for a ``leave`` that may explain it (see
 # `Engine._leave_instead`).
 _LEAVE_GRACE = 1.0
-# Attempts at the first join, within ``connect_timeout`` (a signalling cut or a failed
-# transport between the join response and a usable room starts the next one).
-_JOIN_ATTEMPTS = 3
 # The largest data packet (serialized) we send: the data channel's default message size.
 MAX_DATA_PACKET = 64_000
 # Reliable packets kept for a resume: more than the transport can have in flight (our
@@ -257,9 +254,12 @@ class Engine:
 
     async def _first_join(self) -> None:
         """Join within ``connect_timeout``. Signalling lost or WebRTC failing after the
-        join response (before the room is usable) is a fresh attempt, up to
-        ``_JOIN_ATTEMPTS`` in all; a ``leave`` from the server ends the join at once."""
+        join response (before the room is usable) leads to a fresh attempt, as the
+        reconnection policy spaces and counts them (none without a policy); a ``leave``
+        from the server ends the join at once, unless it asks for a reconnection."""
         timeout = self.options.connect_timeout
+        policy = self.options.reconnect
+        attempts = policy.max_attempts if policy is not None else 1
         lost: list[str] = []
         with anyio.move_on_after(timeout) as scope:
             while True:
@@ -274,11 +274,16 @@ class Engine:
                 lost.append(fault.message)
                 self._retire_signal()
                 self._retire_transport()
-                if len(lost) == _JOIN_ATTEMPTS:
-                    raise ConnectError(f"could not join {self.url} in {len(lost)} attempts: "
-                                       + "; ".join(lost))
-                _log.warning("join attempt %d failed (%s); trying again", len(lost),
-                             fault.message)
+                self.state = None  # that session is abandoned
+                if len(lost) >= attempts:
+                    raise ConnectError(
+                        f"could not join {self.url} in {len(lost)} attempt"
+                        f"{'s' if len(lost) > 1 else ''}: " + "; ".join(lost))
+                assert policy is not None
+                delay = policy.delay(len(lost) - 1)  # the first retry goes at once
+                _log.warning("join attempt %d failed (%s); trying again in %g s",
+                             len(lost), fault.message, delay)
+                await anyio.sleep(delay)
         if scope.cancelled_caught:
             if self.lifecycle.disconnect_reason is not None:
                 raise ConnectError(f"the server ended the session while joining "

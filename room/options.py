@@ -96,7 +96,9 @@ class ReconnectPolicy:
     At most ``max_attempts`` attempts (resume or full rejoin), spaced by ``base_delay *
     n**2`` seconds before the n-th retry (the first attempt goes at once), never more than
     ``max_delay`` apart, and none after ``give_up_after`` seconds of trouble: then the
-    room ends with `Disconnected`. The defaults are LiveKit's own clients'.
+    room ends with `Disconnected`. The defaults are LiveKit's own clients'. It also
+    counts and spaces the fresh attempts of a first join whose signalling is lost after
+    the join response, within ``connect_timeout``.
     """
 
     max_attempts: int = 10

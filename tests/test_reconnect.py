@@ -319,18 +319,27 @@ async def test_signalling_lost_while_joining_is_a_fresh_attempt(
     assert client_tasks() == []
 
 
-async def test_a_join_cut_every_time_fails_after_three_attempts(server: Server) -> None:
-    """Cut after the join response every time: a `ConnectError` naming the attempts,
-    long before ``connect_timeout``, and nothing left running."""
+@pytest.mark.parametrize("attempts", [3, None])
+async def test_a_join_cut_every_time_fails_after_the_policys_attempts(
+        server: Server, attempts: int | None) -> None:
+    """Cut after the join response every time: a `ConnectError` naming each attempt, once
+    the reconnection policy's attempts are spent (one without a policy), long before
+    ``connect_timeout``, and nothing left running."""
+    policy = (None if attempts is None else
+              room.ReconnectPolicy(max_attempts=attempts, base_delay=0.1, max_delay=0.5))
+    expected = attempts or 1
     async with proxied(server) as proxy:
         proxy.cut_after_messages(1, connections=10)
         started = time.monotonic()
-        with pytest.raises(room.ConnectError, match=r"in 3 attempts: signal") as caught:
-            async with connect(server, proxy, "me", connect_timeout=20.0):
+        with pytest.raises(room.ConnectError) as caught:
+            async with connect(server, proxy, "me", policy=policy, connect_timeout=20.0):
                 pytest.fail("connected through a proxy that cuts every join")
         took = time.monotonic() - started
-        assert (proxy.connections, proxy.cuts) == (3, 3), caught.value
-        assert took < 10.0, took
+        message = str(caught.value)
+        assert message.startswith(f"could not join {proxy.url} in {expected} attempt"), message
+        assert message.count("signal connection lost") == expected, message
+        assert (proxy.connections, proxy.cuts) == (expected, expected), message
+        assert took < 5.0, took
     await wait_until(lambda: client_tasks() == [], timeout=3.0)
 
 
