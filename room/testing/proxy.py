@@ -40,6 +40,7 @@ class _Pair:
         self.flowing = anyio.Event()
         self.flowing.set()
         self.cut_after: int | None = None  # WebSocket messages from the server
+        self.opened_at = anyio.current_time()
 
 
 class _MessageCounter:
@@ -123,9 +124,11 @@ class TcpProxy:
         self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(exc_type, exc, tb)
 
-    def cut(self) -> int:
-        """Close every live connection now; how many there were."""
-        pairs = list(self._pairs)
+    def cut(self, *, older_than: float = 0.0) -> int:
+        """Close every live connection (opened at least ``older_than`` seconds ago) now;
+        how many there were."""
+        now = anyio.current_time()
+        pairs = [pair for pair in self._pairs if now - pair.opened_at >= older_than]
         for pair in pairs:
             pair.scope.cancel()
         self.cuts += len(pairs)

@@ -62,6 +62,10 @@ __all__ = ["Puppet", "RpcOutcome", "Scenario", "ScenarioError"]
 
 E = TypeVar("E")
 
+# How long the agent's signalling connection must have been up before a `Fault("cut_signal")`
+# cuts it (seconds): a join or resume on a healthy network takes well under this.
+CUT_AFTER_UPTIME = 0.5
+
 
 class ScenarioError(RuntimeError):
     """A step of a history could not be played (a puppet could not join, a step timed
@@ -352,10 +356,13 @@ class Scenario:
 
     async def _fault(self, step: Fault) -> None:
         if step.kind == "cut_signal":
-            # While the agent reconnects from an earlier fault there is nothing to cut:
-            # wait for its next connection (the step's timeout bounds the wait).
+            # A cut hits an agent that has (re)connected: while it reconnects from an
+            # earlier fault, or is still joining, wait until its signalling connection
+            # has been up for CUT_AFTER_UPTIME (the step's timeout bounds the wait).
+            # Otherwise a run of cuts would take down every attempt in turn until the
+            # agent's reconnection policy gave up: a test of the policy, not of the agent.
             assert self._proxy is not None
-            while not self._proxy.cut():
+            while not self._proxy.cut(older_than=CUT_AFTER_UPTIME):
                 await anyio.sleep(0.02)
         elif step.kind == "drop_udp":
             await self.server.drop_udp(self.room, self.agent, step.seconds)

@@ -54,8 +54,11 @@ class SignalConnection:
     async def send(self, request: rtc.SignalRequest) -> None:
         try:
             await self._ws.send_bytes(request.SerializeToString())
-        except (HTTPXWSException, httpx.HTTPError, OSError,
-                wsproto.utilities.LocalProtocolError) as exc:
+        except wsproto.utilities.LocalProtocolError as exc:
+            # wsproto's message quotes the whole event, frame bytes included: not for a log.
+            raise SignalClosed("signal connection lost while sending (the WebSocket was "
+                               "already closed)") from exc
+        except (HTTPXWSException, httpx.HTTPError, OSError) as exc:
             raise SignalClosed(f"signal connection lost while sending: {exc!r}") from exc
 
     async def receive(self) -> rtc.SignalResponse | None:
