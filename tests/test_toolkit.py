@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 from hypothesis import HealthCheck, find, given, settings
+from hypothesis import strategies as st
 
 import room
 from room.events import (
@@ -346,6 +347,47 @@ async def test_the_plugin_fixture_is_a_fresh_dev_server_by_default(
         await livekit_server.update_room_metadata("r", "hello")
         await wait_until(lambda: a.metadata == "hello")
     assert await livekit_server.participants("nowhere") == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages=st.lists(st.lists(st.tuples(st.sampled_from([0, 1, 125, 126, 127, 65535,
+                                                               65536, 70000]),
+                                            st.booleans()), min_size=1, max_size=3),
+                         min_size=1, max_size=4),
+       data=st.data())
+def test_the_proxy_finds_where_the_servers_nth_message_ends(
+        messages: list[list[tuple[int, bool]]], data: st.DataObject) -> None:
+    """`TcpProxy.cut_after_messages`: whatever the frame sizes (each length encoding),
+    fragmentation, pings between fragments and TCP read boundaries, the cut comes exactly
+    after the ``n``-th message's last frame (frames made by wsproto, as a server's)."""
+    from wsproto.frame_protocol import FrameProtocol
+
+    from room.testing.proxy import _MessageCounter
+
+    server = FrameProtocol(client=False, extensions=[])
+    stream = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+    ends = []
+    for fragments in messages:
+        for i, (size, ping_first) in enumerate(fragments):
+            if ping_first:
+                stream += server.ping(b"p")
+            stream += server.send_data(b"x" * size, fin=i == len(fragments) - 1)
+        ends.append(len(stream))
+    stream += server.send_data(b"after")
+    n = data.draw(st.integers(1, len(messages)), label="n")
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=8),
+                            label="read boundaries"))
+    counter = _MessageCounter(n)
+    forwarded = 0
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        until = counter.feed(stream[start:end])
+        if until is not None:
+            forwarded += until
+            break
+        forwarded += end - start
+    else:
+        pytest.fail("no cut")
+    assert forwarded == ends[n - 1]
 
 
 # -- the example suite: on livekit-server, and against the broken moderator -----------------

@@ -146,6 +146,9 @@ class TcpProxy:
     def refuse(self) -> None:
         self._refusing = True
 
+    def accept(self) -> None:
+        self._refusing = False
+
     def cut_after_messages(self, n: int = 1, *, connections: int = 1) -> None:
         """Cut each of the next ``connections`` connections once the server has sent ``n``
         WebSocket messages on it (what follows them in the same read is not delivered);
@@ -153,9 +156,6 @@ class TcpProxy:
         if n < 1 or connections < 1:
             raise ValueError("n and connections must be at least 1")
         self._cut_after, self._cut_connections = n, connections
-
-    def accept(self) -> None:
-        self._refusing = False
 
     async def _handle(self, client: SocketStream) -> None:
         async with client:
