@@ -95,6 +95,17 @@ def test_every_generated_history_can_be_played(history: list[object]) -> None:
     assert len(present) <= 3
 
 
+@settings(max_examples=100, deadline=None)
+@given(fault=rst.faults(["restart", "drop_udp"]))
+def test_fault_steps_have_the_kinds_and_lengths_asked_for(fault: Fault) -> None:
+    assert fault.kind in ("restart", "drop_udp")
+    assert fault.seconds in rst.FAULT_SECONDS[fault.kind]
+
+
+def test_no_fault_kinds_give_no_fault_steps() -> None:
+    assert rst.faults([]).is_empty
+
+
 def test_histories_shrink_to_a_minimal_one() -> None:
     """Hypothesis shrinks a history with a rejoin to (nearly) the three steps that make
     one, with the plainest values."""
@@ -305,9 +316,11 @@ async def test_a_failing_test_still_ends_every_puppet(server: Server) -> None:
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
+    # The agent outlives the scenario (entered first, left last): had it left first, the
+    # pending call could end with "recipient disconnected" before the scenario ended it.
     with pytest.raises(KeyError, match="the test failed"):
-        async with scenario, server.connect("agent", room=name, options=server.options(
-                rpc_drain_timeout=0.1)) as agent:
+        async with server.connect("agent", room=name, options=server.options(
+                rpc_drain_timeout=0.1)) as agent, scenario:
             agent.local_participant.register_rpc_method("slow", never_answers)
             await scenario.play([Join("ann"), Join("bob"), PublishTone("bob"),
                                  CallRpc("ann", "slow")])

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import array
 import itertools
 import json
-import math
+from functools import partial
 
 import anyio
 
@@ -29,8 +28,7 @@ from room.events import (
     TrackSubscribed,
     TrackUnpublished,
 )
-from room.media.frame import AudioFrame
-from room.media.source import AudioSource
+from room.media.source import AudioSource, play_sine
 from room.media.stream import AudioStream
 from room.options import TrackPublishOptions
 from room.participant import LocalParticipant
@@ -80,18 +78,8 @@ async def _tone_step(alice: Room, bob: LocalParticipant, seen: _Seen) -> None:
     (counting zero crossings: no numpy in the library); bob unpublishes it."""
     source = AudioSource(48000, 1)
     track = LocalAudioTrack.create_audio_track("tone", source)
-    period = 48000 / 440
-
-    async def play() -> None:
-        n = 0
-        while True:
-            pcm = array.array("h", (int(12000 * math.sin(2 * math.pi * (n + i) / period))
-                                    for i in range(480)))
-            n += 480
-            await source.capture_frame(AudioFrame(pcm.tobytes(), 48000, 1, 480))
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(play)
+        tg.start_soon(partial(play_sine, source, 440, amplitude=12000))
         publication = await bob.publish_track(
             track, TrackPublishOptions(source=TrackSource.MICROPHONE))
         await seen.wait_for(TrackSubscribed, "bob")

@@ -19,6 +19,8 @@ them from its own thread (`room.transport.media`).
 
 from __future__ import annotations
 
+import array
+import math
 import time
 
 import anyio
@@ -127,3 +129,18 @@ class VideoSource:
 
     def __repr__(self) -> str:
         return f"<VideoSource {self.width}x{self.height}>"
+
+
+async def play_sine(source: AudioSource, frequency: float, *, amplitude: int = 8000) -> None:
+    """Feed ``source`` a sine wave of ``frequency`` Hz (mono sources) in 10 ms frames,
+    until cancelled; `AudioSource.capture_frame` paces it. Not public: the CLI demo and
+    `room.testing`'s tones share it."""
+    rate = source.sample_rate
+    per_frame = rate // 100
+    step = 2 * math.pi * frequency / rate
+    n = 0
+    while True:
+        pcm = array.array("h", (int(amplitude * math.sin(step * (n + i)))
+                                for i in range(per_frame)))
+        n += per_frame
+        await source.capture_frame(AudioFrame(pcm.tobytes(), rate, 1, per_frame))

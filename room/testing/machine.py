@@ -75,12 +75,7 @@ def _methods(machine: RoomMachine) -> st.SearchStrategy[str]:
 
 
 def _faults(machine: RoomMachine) -> st.SearchStrategy[Fault]:
-    kinds = machine.available_faults()
-    if not kinds:
-        return st.nothing()
-    return st.sampled_from(kinds).flatmap(
-        lambda kind: st.sampled_from(list(rst.FAULT_SECONDS[kind])).map(
-            lambda seconds: Fault(kind, seconds)))
+    return rst.faults(machine.available_faults())
 
 
 class RoomMachine(RuleBasedStateMachine):

@@ -18,10 +18,8 @@ leaves the room), whether the test passed or not, within a few seconds.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import inspect
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -130,9 +128,7 @@ class Puppet:
     @property
     def data(self) -> list[DataPacket]:
         """The data packets it received, in order."""
-        from room.events import DataReceived
-
-        return [event.packet for event in self.observed(DataReceived)]
+        return self.data_of()
 
 
 class Scenario:
@@ -433,21 +429,14 @@ class Scenario:
     async def _tone(self, r: room.Room, step: PublishTone, *,
                     task_status: TaskStatus[None]) -> None:
         import room as room_pkg
+        from room.media.source import play_sine
 
-        rate = 48000
-        source = room_pkg.AudioSource(rate, 1)
+        source = room_pkg.AudioSource(48000, 1)
         track = room_pkg.LocalAudioTrack.create_audio_track("tone", source)
         await r.local_participant.publish_track(
             track, room_pkg.TrackPublishOptions(source=room_pkg.TrackSource.MICROPHONE))
         task_status.started()
-        per_frame = rate // 100
-        step_rad = 2 * math.pi * step.frequency / rate
-        n = 0
-        while True:
-            pcm = array.array("h", (int(8000 * math.sin(step_rad * (n + i)))
-                                    for i in range(per_frame)))
-            n += per_frame
-            await source.capture_frame(room_pkg.AudioFrame(pcm.tobytes(), rate, 1, per_frame))
+        await play_sine(source, step.frequency)
 
 
 def _recording(puppet: Puppet, handler: RpcHandler) -> RpcHandler:

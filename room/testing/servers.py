@@ -31,7 +31,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -91,7 +91,7 @@ class ServerSpec:
     binary: str = ""
     url: str = ""
     api_key: str = "devkey"
-    api_secret: str = "secret"
+    api_secret: str = field(default="secret", repr=False)
     # DevServer settings (``dev?presence_interval=0``): numbers of seconds.
     dev_options: tuple[tuple[str, float], ...] = ()
 

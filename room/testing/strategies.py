@@ -39,6 +39,7 @@ from room.testing.history import (
 
 __all__ = [
     "FAULT_SECONDS",
+    "faults",
     "attribute_keys",
     "attributes",
     "data_packets",
@@ -132,6 +133,20 @@ FAULT_SECONDS: dict[FaultKind, Sequence[float]] = {
     "drop_udp": (1.0, 2.0, 4.0),
     "restart": (0.0, 0.5, 1.0),
 }
+
+
+def faults(kinds: Iterable[FaultKind]) -> st.SearchStrategy[Fault]:
+    """`Fault` steps of these kinds, each lasting one of its `FAULT_SECONDS` (nothing
+    when ``kinds`` is empty)."""
+    chosen = sorted(set(kinds))
+    if not chosen:
+        return st.nothing()
+    return st.sampled_from(chosen).flatmap(
+        lambda kind: st.sampled_from(list(FAULT_SECONDS[kind])).map(
+            lambda seconds: Fault(kind, seconds)))
+
+
+_fault_steps = faults  # for `histories`, whose ``faults`` parameter hides the name
 
 
 def _possible(kind: str, present: Sequence[str], absent: Sequence[str],
@@ -233,8 +248,7 @@ def histories(
         if kind == "room_metadata":
             return SetRoomMetadata(draw(metadata()))
         if kind == "fault":
-            fault = draw(st.sampled_from(fault_kinds))
-            return Fault(fault, draw(st.sampled_from(list(FAULT_SECONDS[fault]))))
+            return draw(_fault_steps(fault_kinds))
         return Pause(draw(st.sampled_from(list(pauses))))
 
     # Comings and goings, and data, are drawn more often than the rest: they are most of
